@@ -1,0 +1,63 @@
+"""Datasets. Every loader returns the same `Dataset` record of NumPy arrays.
+
+Splits are dicts of equally long arrays (at least ``x`` and ``y``); the
+training loop moves them to the device once and shuffles them there.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+
+Split = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Dataset:
+  name: str
+  train: Split
+  val: Split | None
+  test: Split
+  info: dict[str, Any]  # e.g. num_classes, input_shape
+
+  def sizes(self) -> dict[str, int]:
+    out = {'train': len(self.train['x']), 'test': len(self.test['x'])}
+    if self.val is not None:
+      out['val'] = len(self.val['x'])
+    return out
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, fraction: float,
+                     seed: int) -> tuple[Split, Split | None]:
+  """Carves a validation split from training data with a fixed permutation."""
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f'data.val_fraction must be in [0, 1), got {fraction}')
+  if fraction == 0.0:
+    return {'x': x, 'y': y}, None
+  perm = np.random.default_rng(seed).permutation(len(x))
+  n_val = int(round(fraction * len(x)))
+  val_idx, train_idx = perm[:n_val], perm[n_val:]
+  return ({'x': x[train_idx], 'y': y[train_idx]},
+          {'x': x[val_idx], 'y': y[val_idx]})
+
+
+_LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {}
+
+
+def register(name: str):
+  def wrap(fn):
+    _LOADERS[name] = fn
+    return fn
+  return wrap
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+  """Builds the dataset named by ``config.name``."""
+  # Import loaders lazily so a missing optional package only fails its own data.
+  from research.data import mnist1d  # noqa: F401
+  if config.name not in _LOADERS:
+    raise ValueError(
+        f'Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}')
+  return _LOADERS[config.name](config)

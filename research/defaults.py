@@ -1,0 +1,38 @@
+"""The base config every experiment starts from.
+
+Experiment files (`configs/<exp>.py`) take this, change what they need and
+return it; the scripts lock it, so a mistyped key on the command line fails.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from research import optim
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = 'unnamed'
+  c.seed = 0  # root seed; 'seed' in the population overrides it per member
+  c.population = ''  # e.g. 'seed=0,1,2 optim.lr=1e-3,3e-3' (see research/population.py)
+  c.population_mode = 'product'  # or 'zip'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = ''
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = ''
+
+  c.task = ml_collections.ConfigDict(dict(kind='classify', label_smoothing=0.0))
+  c.optim = optim.default_config()
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=64,
+      epochs=10,
+      eval_every=1,  # epochs between evaluations (and checkpoints)
+      eval_batch_size=1000,
+      patience=0,  # evaluations without validation improvement before a member stops; 0 = never
+      checkpoint_keep=2,  # latest checkpoints kept; each holds every member's best params too
+      progress=True,
+  ))
+  return c

@@ -1,0 +1,28 @@
+"""Non-recurrent baselines: linear classifier and residual MLP."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class Linear(nn.Module):
+  """Flatten, then one dense layer (MNIST-1D's ``LinearBase``: 40 -> 10)."""
+  num_outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(self.num_outputs)(x.reshape(x.shape[0], -1))
+
+
+class ResidualMLP(nn.Module):
+  """``h1 = relu(W1 x); h2 = h1 + relu(W2 h1); y = W3 h2`` (MNIST-1D's ``MLPBase``)."""
+  hidden: int = 100
+  num_outputs: int = 10
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
+    h = h + nn.relu(nn.Dense(self.hidden)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return nn.Dense(self.num_outputs)(h)

@@ -1,0 +1,431 @@
+"""The one training loop: ``train_and_evaluate(config, workdir)``.
+
+A run trains a *population* of K members (K >= 1) that share the model's
+structure and differ in numeric hyperparameters (seed, learning rate, weight
+decay, clip norm, loss weights; see `research.population`). Every piece of
+state carries a leading member axis, and the per-member functions below are
+``jax.vmap``-ed over it and jitted once:
+
+* ``train_step(state, batch, hp) -> (state, metrics)``: one optimizer step;
+  a member whose loss or parameters become non-finite is frozen at its last
+  finite state and flagged (the others train on).
+* ``train_epoch``: one ``lax.scan`` over the batches of a fresh per-member
+  shuffle of the device-resident training split: one dispatch per epoch.
+* ``evaluate``: a ``lax.scan`` over fixed-size batches of a split, padded
+  examples weighted by zero.
+* ``update_best``: keeps each member's best parameters by the validation
+  metric (never the test split) and stops members that stopped improving.
+
+The Python loop around them evaluates, logs (``metrics.jsonl``, TensorBoard),
+checkpoints (Orbax) and resumes. With several devices the member axis is
+sharded over them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from research import checkpoint as ckpt_lib
+from research import configlib, optim, population, results
+from research.data import Dataset, load_dataset
+from research.models import build_model
+from research.tasks import Task, make_task
+
+
+class DivergenceError(RuntimeError):
+  """Raised when every member of a run has diverged (for K = 1: the run)."""
+
+
+@flax.struct.dataclass
+class MemberState:
+  step: jnp.ndarray
+  params: Any
+  model_state: Any  # non-parameter collections (e.g. batch_stats); {} if none
+  opt_state: Any
+  rng: jnp.ndarray
+  # divergence
+  diverged: jnp.ndarray
+  diverged_step: jnp.ndarray
+  last_finite_loss: jnp.ndarray
+  # model selection and early stopping
+  active: jnp.ndarray
+  best_metric: jnp.ndarray
+  best_epoch: jnp.ndarray
+  bad_evals: jnp.ndarray
+  best_params: Any
+  best_model_state: Any
+
+
+def _all_finite(tree) -> jnp.ndarray:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+class Trainer:
+  """Holds the jitted, vmapped functions for one model/task/optimizer."""
+
+  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset,
+               members: list[dict[str, Any]], task: Task):
+    self.config = config
+    self.task = task
+    self.members = members
+    self.model = build_model(config.model, dataset.info)
+    n_train = len(dataset.train['x'])
+    self.batch_size = int(config.train.batch_size)
+    self.steps_per_epoch = n_train // self.batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f'train.batch_size={self.batch_size} exceeds the {n_train} '
+                       'training examples')
+    self.total_steps = self.steps_per_epoch * int(config.train.epochs)
+    self.tx = optim.build_optimizer(
+        config.optim, self.total_steps,
+        clip=any(m['optim.clip_norm'] > 0 for m in members),
+        decay=any(m['optim.weight_decay'] > 0 for m in members))
+    self.sample_x = jnp.asarray(dataset.train['x'][:1])
+    self.maximize = task.select_mode == 'max'
+    self.patience = int(config.train.patience)
+
+    self.init = jax.jit(jax.vmap(self.init_member))
+    self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, 0, None)),
+                               donate_argnums=0)
+    self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, 0, 0, None)))
+    self.update_best = jax.jit(jax.vmap(self._update_best, in_axes=(0, 0, None)))
+
+  # ---- per-member pure functions (vmapped above) ----
+
+  def init_member(self, hp: dict[str, jnp.ndarray]) -> MemberState:
+    rng = jax.random.PRNGKey(hp['seed'])
+    rng, init_rng, drop_rng = jax.random.split(rng, 3)
+    variables = self.model.init({'params': init_rng, 'dropout': drop_rng},
+                                self.sample_x, train=False)
+    params = variables['params']
+    model_state = {k: v for k, v in variables.items() if k != 'params'}
+    opt_state = optim.set_hparams(self.tx.init(params), hp)
+    worst = -jnp.inf if self.maximize else jnp.inf
+    return MemberState(
+        step=jnp.int32(0), params=params, model_state=model_state, opt_state=opt_state,
+        rng=rng, diverged=jnp.bool_(False), diverged_step=jnp.int32(-1),
+        last_finite_loss=jnp.float32(jnp.nan), active=jnp.bool_(True),
+        best_metric=jnp.float32(worst), best_epoch=jnp.int32(-1), bad_evals=jnp.int32(0),
+        best_params=params, best_model_state=model_state)
+
+  def _apply(self, params, model_state, x, train: bool, rng=None):
+    variables = {'params': params, **model_state}
+    rngs = {'dropout': rng} if rng is not None else None
+    if train and model_state:
+      return self.model.apply(variables, x, train=True, rngs=rngs, mutable=list(model_state))
+    return self.model.apply(variables, x, train=train, rngs=rngs), model_state
+
+  def train_step(self, state: MemberState, batch: dict, hp: dict):
+    rng, drop_rng = jax.random.split(state.rng)
+
+    def loss_fn(params):
+      out, new_model_state = self._apply(params, state.model_state, batch['x'], True, drop_rng)
+      per = self.task.per_example(out, batch, hp)
+      metrics = {k: v.mean() for k, v in per.items()}
+      return metrics['loss'], (metrics, new_model_state)
+
+    (loss, (metrics, new_model_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params, value=loss)
+    params = optax.apply_updates(state.params, updates)
+
+    live = state.active & ~state.diverged
+    finite = jnp.isfinite(loss) & _all_finite(params)
+    ok = live & finite
+    newly_diverged = live & ~finite
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    state = state.replace(
+        step=state.step + ok.astype(jnp.int32),
+        params=keep(params, state.params),
+        model_state=keep(new_model_state, state.model_state),
+        opt_state=keep(opt_state, state.opt_state),
+        rng=rng,
+        diverged=state.diverged | newly_diverged,
+        diverged_step=jnp.where(newly_diverged, state.step, state.diverged_step),
+        last_finite_loss=jnp.where(ok, loss, state.last_finite_loss))
+    metrics['ok'] = ok
+    return state, metrics
+
+  def _train_epoch(self, state: MemberState, hp: dict, data: dict):
+    rng, perm_rng = jax.random.split(state.rng)
+    state = state.replace(rng=rng)
+    n = data['x'].shape[0]
+    steps, bs = self.steps_per_epoch, self.batch_size
+    order = jax.random.permutation(perm_rng, n)[:steps * bs].reshape(steps, bs)
+
+    def body(state, idx):
+      batch = {k: v[idx] for k, v in data.items()}
+      return self.train_step(state, batch, hp)
+
+    return jax.lax.scan(body, state, order)
+
+  def _evaluate(self, params, model_state, hp, data: dict):
+    """Mean of every per-example value over the split (``data`` is batched
+    (nb, ebs, ...) with a weight ``w`` that is 0 on padding)."""
+    def body(acc, batch):
+      out, _ = self._apply(params, model_state, batch['x'], False)
+      per = self.task.per_example(out, batch, hp)
+      return {k: acc.get(k, 0.0) + jnp.sum(v * batch['w']) for k, v in per.items()}, None
+
+    out_shape = jax.eval_shape(
+        lambda: self.task.per_example(
+            self._apply(params, model_state, data['x'][0], False)[0],
+            jax.tree.map(lambda v: v[0], data), hp))
+    init = {k: jnp.float32(0.0) for k in out_shape}
+    sums, _ = jax.lax.scan(body, init, data)
+    total = jnp.sum(data['w'])
+    return {k: v / total for k, v in sums.items()}
+
+  def _update_best(self, state: MemberState, metric: jnp.ndarray, epoch: jnp.ndarray):
+    better = metric > state.best_metric if self.maximize else metric < state.best_metric
+    improved = better & state.active & ~state.diverged & jnp.isfinite(metric)
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)
+    bad = jnp.where(improved, 0, state.bad_evals + state.active.astype(jnp.int32))
+    active = state.active
+    if self.patience > 0:
+      active = active & (bad < self.patience)
+    return state.replace(
+        best_params=pick(state.params, state.best_params),
+        best_model_state=pick(state.model_state, state.best_model_state),
+        best_metric=jnp.where(improved, metric, state.best_metric),
+        best_epoch=jnp.where(improved, epoch, state.best_epoch),
+        bad_evals=bad, active=active)
+
+
+def batch_split(split: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+  """Pads a split to whole batches: arrays become (nb, bs, ...), plus weights ``w``."""
+  n = len(split['x'])
+  bs = min(batch_size, n)
+  nb = math.ceil(n / bs)
+  pad = nb * bs - n
+  out = {}
+  for k, v in split.items():
+    v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) if pad else v
+    out[k] = v.reshape((nb, bs) + v.shape[1:])
+  out['w'] = (np.arange(nb * bs) < n).astype(np.float32).reshape(nb, bs)
+  return out
+
+
+def member_sharding(num_members: int):
+  """Shards the member axis over as many devices as divide it (None on one device)."""
+  devices = jax.devices()
+  d = max(i for i in range(1, len(devices) + 1) if num_members % i == 0)
+  if d == 1:
+    return None, None
+  mesh = jax.sharding.Mesh(np.array(devices[:d]), ('member',))
+  P = jax.sharding.PartitionSpec
+  return (jax.sharding.NamedSharding(mesh, P('member')),
+          jax.sharding.NamedSharding(mesh, P()))
+
+
+def _check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """Writes config.json, or checks that a resumed run has the same config."""
+  path = workdir / 'config.json'
+  current = json.loads(config.to_json_best_effort())
+  if path.exists():
+    saved = json.loads(path.read_text())
+    if saved != current:
+      a = configlib.flatten(ml_collections.ConfigDict(saved))
+      b = configlib.flatten(ml_collections.ConfigDict(current))
+      diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+      raise ValueError(
+          f'{workdir} holds a run with a different config (keys differ: {diff}); '
+          'use a new --workdir, or the same config to resume')
+    return
+  path.write_text(json.dumps(current, indent=2))
+
+
+class _Logger:
+  """metrics.jsonl (one object per member per evaluation) and TensorBoard."""
+
+  def __init__(self, workdir: Path, resume_epoch: int):
+    self.path = workdir / 'metrics.jsonl'
+    if self.path.exists():  # drop records written after the checkpoint we resume from
+      kept = [l for l in self.path.read_text().splitlines()
+              if l.strip() and json.loads(l)['epoch'] <= resume_epoch]
+      self.path.write_text(''.join(l + '\n' for l in kept))
+    self.file = self.path.open('a')
+    try:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(str(workdir / 'tensorboard'), purge_step=None)
+    except ImportError:  # pragma: no cover
+      self.tb = None
+
+  def write(self, records: list[dict]) -> None:
+    for r in records:
+      self.file.write(json.dumps(r) + '\n')
+      if self.tb is not None:
+        for k, v in r.items():
+          if '/' in k and isinstance(v, float) and math.isfinite(v):
+            self.tb.add_scalar(f'{k}/member{r["member"]}', v, r['step'])
+    self.file.flush()
+
+  def close(self) -> None:
+    self.file.close()
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains the config's population in ``workdir``; resumes if a run is there.
+
+  Returns the results dict that is also written to ``workdir/results.json``.
+  """
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  task = make_task(config.task)
+  members = population.expand(config, task.hparam_keys)
+  _check_config(workdir, config)
+  dataset = load_dataset(config.data)
+  trainer = Trainer(config, dataset, members, task)
+  K = len(members)
+  shard, replicated = member_sharding(K)
+  put = (lambda x: jax.device_put(x, shard)) if shard else jnp.asarray
+  put_shared = (lambda x: jax.device_put(x, replicated)) if replicated else jnp.asarray
+
+  hp = jax.tree.map(put, population.stack(members))
+  train_data = jax.tree.map(put_shared, dataset.train)
+  eval_bs = int(config.train.eval_batch_size)
+  splits = {'val': dataset.val, 'test': dataset.test}
+  eval_data = {name: jax.tree.map(put_shared, batch_split(s, eval_bs))
+               for name, s in splits.items() if s is not None}
+
+  state = trainer.init(hp)
+  checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', config.train.checkpoint_keep)
+  start_epoch = 0
+  restored = checkpointer.restore_latest(state)
+  if restored is not None:
+    start_epoch, state, meta = restored
+    logging.info('Resumed %s at epoch %d', workdir, start_epoch)
+  logger = _Logger(workdir, start_epoch)
+
+  epochs = int(config.train.epochs)
+  eval_every = max(1, int(config.train.eval_every))
+  select_split = 'val' if 'val' in eval_data else 'train'
+  if select_split == 'train':
+    logging.warning('No validation split: model selection uses the training split')
+    eval_data['train'] = jax.tree.map(put_shared, batch_split(dataset.train, eval_bs))
+  varied = population.varied_keys(members)
+  reported = set(np.flatnonzero(np.asarray(state.diverged)).tolist())
+
+  progress = None
+  if config.train.progress:
+    from tqdm.auto import tqdm
+    progress = tqdm(total=epochs, initial=start_epoch, desc=config.experiment,
+                    unit='epoch', leave=False, dynamic_ncols=True)
+  t_start = time.time()
+  compile_s = None
+  epoch_metrics = []
+  try:
+    for epoch in range(start_epoch, epochs):
+      t0 = time.time()
+      state, metrics = trainer.train_epoch(state, hp, train_data)
+      epoch_metrics.append(metrics)
+      if compile_s is None:
+        jax.block_until_ready(state.step)
+        compile_s = time.time() - t0
+      if progress is not None:
+        progress.update(1)
+      done = epoch + 1
+      if done % eval_every and done != epochs:
+        continue
+      evals = {name: trainer.evaluate(state.params, state.model_state, hp, d)
+               for name, d in eval_data.items() if name != 'test'}
+      state = trainer.update_best(state, evals[select_split][task.select_metric],
+                                  jnp.int32(done))
+      train_m = _host(jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *epoch_metrics))
+      epoch_metrics = []
+      evals, flags = _host(evals), _host(
+          {'step': state.step, 'diverged': state.diverged, 'active': state.active,
+           'diverged_step': state.diverged_step, 'last': state.last_finite_loss})
+      records = []
+      for i, m in enumerate(members):
+        ok = train_m['ok'][i].astype(bool)
+        rec = {'epoch': done, 'step': int(flags['step'][i]), 'member': i,
+               'hparams': {k: m[k] for k in varied} if varied else {},
+               'diverged': bool(flags['diverged'][i]), 'active': bool(flags['active'][i])}
+        for k, v in train_m.items():
+          if k != 'ok':
+            rec[f'train/{k}'] = float(v[i][ok].mean()) if ok.any() else float('nan')
+        for split, vals in evals.items():
+          for k, v in vals.items():
+            rec[f'{split}/{k}'] = float(v[i])
+        records.append(rec)
+      logger.write(records)
+      if progress is not None:
+        sel = evals[select_split][task.select_metric]
+        progress.set_postfix({f'{select_split}/{task.select_metric}': f'{np.nanmean(sel):.4f}'})
+      checkpointer.save(done, state, {'epoch': done})
+
+      for i in np.flatnonzero(flags['diverged']):
+        if i not in reported:
+          reported.add(int(i))
+          logging.warning(
+              'Member %d (%s) diverged at step %d (non-finite loss or parameters); last '
+              'finite loss %.4g. It is frozen; the others train on.', i,
+              _describe(members[i]), flags['diverged_step'][i], flags['last'][i])
+      if flags['diverged'].all():
+        raise DivergenceError(
+            'Training diverged: ' + '; '.join(
+                f'member {i} ({_describe(members[i])}) at step {flags["diverged_step"][i]}, '
+                f'last finite loss {flags["last"][i]:.4g}' for i in range(K)) +
+            '. Lower optim.lr or set optim.clip_norm.')
+      if not (flags['active'] & ~flags['diverged']).any():
+        logging.info('Early stopping: no member improved for %d evaluations', trainer.patience)
+        break
+  finally:
+    if progress is not None:
+      progress.close()
+    logger.close()
+    checkpointer.close()
+  train_time = time.time() - t_start
+
+  # Test evaluation with each member's best (validation-selected) parameters.
+  final = {name: _host(trainer.evaluate(state.best_params, state.best_model_state, hp, d))
+           for name, d in eval_data.items()}
+  flags = _host({'diverged': state.diverged, 'best_epoch': state.best_epoch,
+                 'step': state.step, 'diverged_step': state.diverged_step})
+  member_results = []
+  for i, m in enumerate(members):
+    member_results.append({
+        'member': i, 'hparams': m, 'best_epoch': int(flags['best_epoch'][i]),
+        'steps': int(flags['step'][i]), 'diverged': bool(flags['diverged'][i]),
+        'diverged_step': int(flags['diverged_step'][i]) if flags['diverged'][i] else None,
+        **{f'{s}/{k}': float(v[i]) for s, vals in final.items() for k, v in vals.items()}})
+
+  rows = []
+  groups: dict[str, list[int]] = {}
+  for i, m in enumerate(members):
+    groups.setdefault(population.group_name(m, varied), []).append(i)
+  for gname, idx in groups.items():
+    name = config.experiment + (f'[{gname}]' if gname else '')
+    ok = [i for i in idx if not member_results[i]['diverged']]
+    for key in ('test/' + task.select_metric, 'test/loss'):
+      rows.append(results.row(name, key.replace('/', '_'), [member_results[i][key] for i in ok]))
+  n_params = sum(x.size for x in jax.tree.leaves(state.params)) // K
+  out = results.write(
+      workdir / 'results.json', config.experiment, rows,
+      members=member_results, num_members=K, num_params=int(n_params),
+      train_time_s=train_time, compile_time_s=compile_s,
+      devices=[str(d) for d in jax.devices()], steps_per_epoch=trainer.steps_per_epoch)
+  return out
+
+
+def _describe(member: dict) -> str:
+  return ', '.join(f'{k}={v:g}' for k, v in member.items())
