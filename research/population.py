@@ -27,7 +27,7 @@ def parse_spec(spec: str) -> dict[str, list[float]]:
     if not item:
       continue
     key, sep, values = item.partition('=')
-    if not sep or not values:
+    if not sep or not key or not values.strip(','):
       raise ValueError(f'Bad population entry {item!r}: expected key=v1,v2,...')
     if key in out:
       raise ValueError(f'Population key {key!r} given twice')

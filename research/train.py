@@ -378,13 +378,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           reported.add(int(i))
           logging.warning(
               'Member %d (%s) diverged at step %d (non-finite loss or parameters); last '
-              'finite loss %.4g. It is frozen; the others train on.', i,
-              _describe(members[i]), flags['diverged_step'][i], flags['last'][i])
+              'finite loss %s. It is frozen; the others train on.', i,
+              _describe(members[i]), flags['diverged_step'][i], _fmt(flags['last'][i]))
       if flags['diverged'].all():
         raise DivergenceError(
             'Training diverged: ' + '; '.join(
                 f'member {i} ({_describe(members[i])}) at step {flags["diverged_step"][i]}, '
-                f'last finite loss {flags["last"][i]:.4g}' for i in range(K)) +
+                f'last finite loss {_fmt(flags["last"][i])}' for i in range(K)) +
             '. Lower optim.lr or set optim.clip_norm.')
       if not (flags['active'] & ~flags['diverged']).any():
         logging.info('Early stopping: no member improved for %d evaluations', trainer.patience)
@@ -425,6 +425,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       train_time_s=train_time, compile_time_s=compile_s,
       devices=[str(d) for d in jax.devices()], steps_per_epoch=trainer.steps_per_epoch)
   return out
+
+
+def _fmt(loss) -> str:
+  return f'{loss:.4g}' if np.isfinite(loss) else 'none (diverged on its first step)'
 
 
 def _describe(member: dict) -> str:

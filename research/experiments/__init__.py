@@ -1,0 +1,19 @@
+"""Paper-style reproductions: ``run(workdir, budget) -> results dict``.
+
+Each writes ``results.json`` (shared schema), ``report.md`` and PNGs into its
+workdir, training every model of the study with `research.train`. Re-running
+resumes: finished runs are restored from their last checkpoint.
+"""
+from __future__ import annotations
+
+import importlib
+
+EXPERIMENTS = {
+    'mnist1d': 'research.experiments.mnist1d',
+}
+
+
+def get(name: str):
+  if name not in EXPERIMENTS:
+    raise ValueError(f'Unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}')
+  return importlib.import_module(EXPERIMENTS[name])

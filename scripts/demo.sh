@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: set up .venv (if missing), install the project, reproduce MNIST-1D.
+# Extra arguments go to scripts/reproduce.py (e.g. --budget=smoke).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then "${PYTHON:-python3}" -m venv .venv; fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e .
+.venv/bin/python scripts/reproduce.py --experiment=mnist1d --workdir=runs/demo "$@"
+echo
+echo "Report: runs/demo/report.md   Results: runs/demo/results.json   Plot: runs/demo/curves.png"

@@ -1,0 +1,197 @@
+"""Behaviour of the one training loop: populations, divergence, resume, selection."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research import cli, population, results
+from research.data import load_dataset
+from research.tasks import make_task
+from research.train import DivergenceError, Trainer, batch_split, train_and_evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_config(**overrides):
+  c = cli.load_config('configs/mnist1d.py', 'model=mlp')
+  c.data.num_samples = 500
+  c.model.hidden = 16
+  c.train.batch_size = 50
+  c.train.epochs = 4
+  c.train.eval_every = 1
+  c.train.progress = False
+  c.population = ''  # one member, seed from c.seed
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def member_metrics(out):
+  return [{k: v for k, v in m.items() if '/' in k} for m in out['members']]
+
+
+def test_population_equals_separate_runs(tmp_path):
+  pop = train_and_evaluate(
+      small_config(population='seed=0,1,2 optim.lr=1e-2,3e-3,1e-3', population_mode='zip'),
+      tmp_path / 'pop')
+  assert pop['num_members'] == 3
+  for i, (seed, lr) in enumerate([(0, 1e-2), (1, 3e-3), (2, 1e-3)]):
+    single = train_and_evaluate(small_config(seed=seed, **{'optim.lr': lr}), tmp_path / f's{i}')
+    a, b = member_metrics(pop)[i], member_metrics(single)[0]
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
+  # Different members really are different runs.
+  accs = [m['val/loss'] for m in member_metrics(pop)]
+  assert len(set(np.round(accs, 6))) == 3
+
+
+def test_population_groups_become_rows(tmp_path):
+  out = train_and_evaluate(small_config(population='seed=0,1 optim.lr=1e-2,1e-3', **{
+      'train.epochs': 1}), tmp_path)
+  names = {r['name'] for r in out['rows']}
+  assert names == {'mnist1d_mlp[lr=0.01]', 'mnist1d_mlp[lr=0.001]'}
+  assert all(r['n'] == 2 for r in out['rows'])
+  results.read(tmp_path / 'results.json')  # schema-valid on disk
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  assert len(lines) == 4  # one record per member per evaluation
+  assert list((tmp_path / 'tensorboard').iterdir())
+
+
+def test_nan_member_is_frozen_and_others_train_on(tmp_path):
+  out = train_and_evaluate(
+      small_config(population='seed=0,0 optim.lr=1e-2,inf', population_mode='zip'), tmp_path)
+  good, bad = out['members']
+  assert bad['diverged'] and bad['diverged_step'] == 0 and bad['steps'] == 0
+  assert not good['diverged'] and good['steps'] == 4 * out['steps_per_epoch']
+  # The healthy member is exactly what it would be alone.
+  alone = train_and_evaluate(small_config(**{'optim.lr': 1e-2}), tmp_path / 'alone')
+  np.testing.assert_allclose(good['test/loss'], alone['members'][0]['test/loss'], rtol=2e-4)
+  # Rows average only members that did not diverge.
+  rows = {(r['name'], r['metric']): r for r in out['rows']}
+  assert rows[('mnist1d_mlp[lr=inf]', 'test_accuracy')]['n'] == 0
+  assert rows[('mnist1d_mlp[lr=0.01]', 'test_accuracy')]['n'] == 1
+
+
+def test_single_member_divergence_raises(tmp_path):
+  with pytest.raises(DivergenceError, match=r'member 0 .* at step 0'):
+    train_and_evaluate(small_config(**{'optim.lr': float('inf')}), tmp_path)
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+  train_and_evaluate(small_config(**{'train.epochs': 1}), tmp_path)
+  with pytest.raises(ValueError, match=r"different config.*optim\.lr"):
+    train_and_evaluate(small_config(**{'train.epochs': 1, 'optim.lr': 0.5}), tmp_path)
+
+
+def test_update_best_and_early_stopping():
+  c = small_config(**{'train.patience': 2})
+  task = make_task(c.task)
+  members = population.expand(c, task.hparam_keys)
+  ds = load_dataset(c.data)
+  trainer = Trainer(c, ds, members, task)
+  hp = jax.tree.map(jnp.asarray, population.stack(members))
+  state = trainer.init(hp)
+  snapshots = {}
+  for epoch, metric in enumerate([0.5, 0.7, 0.6, 0.65], start=1):
+    # Give every epoch distinct parameters so we can tell which were kept.
+    state = state.replace(params=jax.tree.map(lambda p: p + 1.0, state.params))
+    snapshots[epoch] = state.params
+    state = trainer.update_best(state, jnp.asarray([metric]), jnp.int32(epoch))
+    if epoch == 3:
+      assert bool(state.active[0])
+  assert int(state.best_epoch[0]) == 2
+  assert float(state.best_metric[0]) == pytest.approx(0.7)
+  assert not bool(state.active[0])  # two evaluations without improvement
+  jax.tree.map(np.testing.assert_array_equal, state.best_params, snapshots[2])
+
+
+def test_evaluate_ignores_padding():
+  c = small_config()
+  task = make_task(c.task)
+  members = population.expand(c, task.hparam_keys)
+  ds = load_dataset(c.data)
+  trainer = Trainer(c, ds, members, task)
+  hp = jax.tree.map(jnp.asarray, population.stack(members))
+  state = trainer.init(hp)
+  split = ds.test  # 100 examples: batches of 30 leave 20 padded slots
+  padded = trainer.evaluate(state.params, state.model_state, hp, batch_split(split, 30))
+  whole = trainer.evaluate(state.params, state.model_state, hp, batch_split(split, len(split['x'])))
+  for k in whole:
+    np.testing.assert_allclose(padded[k], whole[k], rtol=1e-5)
+  logits = trainer.model.apply({'params': jax.tree.map(lambda x: x[0], state.params)}, split['x'])
+  acc = float(np.mean(np.argmax(logits, -1) == split['y']))
+  assert float(whole['accuracy'][0]) == pytest.approx(acc)
+
+
+def _run_cli(workdir, *extra, timeout=300):
+  cmd = [sys.executable, str(REPO / 'scripts/train.py'),
+         '--config=' + str(REPO / 'configs/mnist1d.py') + ':model=mlp',
+         f'--workdir={workdir}', '--config.data.num_samples=500', '--config.model.hidden=16',
+         '--config.train.batch_size=50', '--config.train.progress=False', *extra]
+  return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_cli_rejects_unknown_key_in_one_line(tmp_path):
+  proc = _run_cli(tmp_path, '--config.optim.lrr=0.1')
+  assert proc.returncode != 0
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and 'optim.lrr' in lines[0] and 'lr' in lines[0]
+  assert not (tmp_path / 'config.json').exists()
+
+
+def test_cli_rejects_wrong_type(tmp_path):
+  proc = _run_cli(tmp_path, '--config.optim.lr=fast')
+  assert proc.returncode != 0
+  assert 'config.optim.lr' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_cli_single_member_divergence_exits_nonzero(tmp_path):
+  proc = _run_cli(tmp_path, '--config.optim.lr=inf', '--config.train.epochs=1')
+  assert proc.returncode == 1
+  assert 'diverged' in proc.stderr and 'member 0' in proc.stderr
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+  args = ('--config.train.epochs=12', '--config.population=seed=0,1')
+  ref = _run_cli(tmp_path / 'ref', *args)
+  assert ref.returncode == 0, ref.stderr
+  # Start the same run, kill -9 it once a checkpoint exists, then re-run the same command.
+  workdir = tmp_path / 'killed'
+  cmd = [sys.executable, str(REPO / 'scripts/train.py'),
+         '--config=' + str(REPO / 'configs/mnist1d.py') + ':model=mlp', f'--workdir={workdir}',
+         '--config.data.num_samples=500', '--config.model.hidden=16',
+         '--config.train.batch_size=50', '--config.train.progress=False', *args]
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+  deadline = time.time() + 120
+  ckpts = workdir / 'checkpoints'
+  while time.time() < deadline and proc.poll() is None:
+    if ckpts.exists() and any(p.name.isdigit() and int(p.name) >= 3 for p in ckpts.iterdir()):
+      break
+    time.sleep(0.05)
+  killed_mid_run = proc.poll() is None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert killed_mid_run, 'run finished before it could be killed; make it longer'
+  assert not (workdir / 'results.json').exists()
+  resumed = _run_cli(workdir, *args)
+  assert resumed.returncode == 0, resumed.stderr
+  a = json.loads((tmp_path / 'ref/results.json').read_text())
+  b = json.loads((workdir / 'results.json').read_text())
+  assert member_metrics(a) == member_metrics(b)  # bit-identical on the same machine
+  assert a['rows'] == b['rows']
+  # metrics.jsonl: the records of the killed run up to its checkpoint plus the resumed ones,
+  # without duplicates: the same file as the uninterrupted run's.
+  assert (workdir / 'metrics.jsonl').read_text() == (tmp_path / 'ref/metrics.jsonl').read_text()
