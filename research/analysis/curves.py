@@ -35,7 +35,7 @@ def plot_curves(runs: dict[str, str | Path], metric: str, path: str | Path,
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plt.subplots(figsize=(8.5, 4.5))
   for i, (name, wd) in enumerate(runs.items()):
     steps, mean, std = curve(wd, metric)
     color = f'C{i}'
@@ -47,7 +47,7 @@ def plot_curves(runs: dict[str, str | Path], metric: str, path: str | Path,
   ax.set_ylabel(metric + (' (%)' if scale == 100 else ''))
   ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(loc='center left', bbox_to_anchor=(1.01, 0.5), fontsize='small')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
