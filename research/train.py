@@ -296,6 +296,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   trainer = Trainer(config, dataset, members, task)
   K = len(members)
   shard, replicated = member_sharding(K)
+  n_shards = 1 if shard is None else shard.mesh.devices.size
+  if n_shards > 1:
+    logging.info('Sharding %d members over %d devices', K, n_shards)
   put = (lambda x: jax.device_put(x, shard)) if shard else jnp.asarray
   put_shared = (lambda x: jax.device_put(x, replicated)) if replicated else jnp.asarray
 
@@ -423,7 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       workdir / 'results.json', config.experiment, rows,
       members=member_results, num_members=K, num_params=int(n_params),
       train_time_s=train_time, compile_time_s=compile_s,
-      devices=[str(d) for d in jax.devices()], steps_per_epoch=trainer.steps_per_epoch)
+      devices=[str(d) for d in jax.devices()], member_sharding=n_shards,
+      steps_per_epoch=trainer.steps_per_epoch)
   return out
 
 

@@ -4,7 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then "${PYTHON:-python3}" -m venv .venv; fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# Reinstall only when pyproject.toml changed (the stamp holds its hash).
+stamp=".venv/.installed-$(basename "$0" .sh)"
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' > .venv/pip.log 2>&1; then
+    cat .venv/pip.log; exit 1
+  fi
+  .venv/bin/python -c "import research" && echo "$want" > "$stamp"
+fi
 marker=()
 if [ "${RUN_SLOW:-0}" = "1" ]; then marker=(-m "slow or not slow"); fi
 exec .venv/bin/python -m pytest -q "${marker[@]}" "$@"

@@ -195,3 +195,23 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
   # metrics.jsonl: the records of the killed run up to its checkpoint plus the resumed ones,
   # without duplicates: the same file as the uninterrupted run's.
   assert (workdir / 'metrics.jsonl').read_text() == (tmp_path / 'ref/metrics.jsonl').read_text()
+
+
+def test_members_sharded_over_two_cpu_devices_match_one_device(tmp_path):
+  args = ('--config.train.epochs=2', '--config.population=seed=0,1')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  cmd = [sys.executable, str(REPO / 'scripts/train.py'),
+         '--config=' + str(REPO / 'configs/mnist1d.py') + ':model=mlp',
+         f'--workdir={tmp_path / "two"}', '--config.data.num_samples=500',
+         '--config.model.hidden=16', '--config.train.batch_size=50',
+         '--config.train.progress=False', *args]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  assert proc.returncode == 0, proc.stderr
+  two = json.loads((tmp_path / 'two/results.json').read_text())
+  assert len(two['devices']) == 2 and two['member_sharding'] == 2
+  one = train_and_evaluate(small_config(population='seed=0,1', **{'train.epochs': 2}),
+                           tmp_path / 'one')
+  assert one['member_sharding'] == 1
+  for a, b in zip(member_metrics(two), member_metrics(one)):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
