@@ -2,12 +2,12 @@
 models their order (DeepConvLSTM-style, Ordóñez & Roggen 2016)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 
 from research.models.cnn import ConvFeatures1D
-from research.models.recurrent import RecurrentLayer
+from research.models.recurrent import Recurrent, readout
 
 
 class CNNRNN(nn.Module):
@@ -19,11 +19,12 @@ class CNNRNN(nn.Module):
   hidden: int = 16
   bidirectional: bool = True
   readout: str = 'flatten'
+  cell_options: Any = None
   num_outputs: int = 10
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     h = ConvFeatures1D(self.channels, self.kernels, self.strides)(x, train)
-    h = RecurrentLayer(self.cell, self.hidden, self.bidirectional)(h)
-    h = h.reshape(h.shape[0], -1) if self.readout == 'flatten' else h[:, -1]
-    return nn.Dense(self.num_outputs)(h)
+    h, final = Recurrent(self.cell, self.hidden, bidirectional=self.bidirectional,
+                         cell_options=self.cell_options)(h)
+    return nn.Dense(self.num_outputs)(readout(h, final, None, self.readout))

@@ -1,58 +1,149 @@
-"""Recurrent layers over time.
+"""Recurrent layers over time: masking, stacking, direction, truncated BPTT.
 
-For now the cells are Flax's own (`nn.GRUCell`, `nn.OptimizedLSTMCell`,
-`nn.SimpleCell`) run by `nn.RNN`, which is an `nn.scan` over time.
+`Recurrent` runs a cell from `research.models.cells` with ``jax.lax.scan``
+over time. The input projection of all time steps is one matmul done by the
+cell before the scan; inside the scan only the recurrent matmul remains.
+
+What is masked: batches are *right*-padded and ``lengths`` gives each
+sequence's true length. At a padded step the carry is left unchanged and the
+output is zero, so padded steps change neither the state, the last output, nor
+(through zero outputs) any loss computed on valid steps; the backward
+direction of a bidirectional layer reverses each sequence within its own
+length, so it also starts at the last *valid* step.
+
+Truncated BPTT: with ``truncation=k > 0`` the carry passes between chunks of k
+steps through ``stop_gradient``, so gradients flow at most k steps back (the
+k1 = k2 = k form of Williams & Peng 1990). ``truncation=0`` is full BPTT.
+The forward values are the same either way.
+
+Gate activations (LSTM i, f, o, c; GRU r, u) of every step are stored with
+``sow`` in the ``intermediates`` collection when ``collect_gates=True``.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from research.models.cells import make_cell
 from research.models.cnn import as_channels_last
 
-CELLS = {
-    'gru': nn.GRUCell,
-    'lstm': nn.OptimizedLSTMCell,
-    'elman': nn.SimpleCell,
-}
+
+def length_mask(lengths: jnp.ndarray | None, batch: int, time: int) -> jnp.ndarray:
+  if lengths is None:
+    return jnp.ones((batch, time), bool)
+  return jnp.arange(time)[None, :] < jnp.asarray(lengths)[:, None]
 
 
-class RecurrentLayer(nn.Module):
-  """One (optionally bidirectional) recurrent layer returning all outputs (B, T, H[*2])."""
-  cell: str = 'gru'
+def reverse_valid(x: jnp.ndarray, lengths: jnp.ndarray | None) -> jnp.ndarray:
+  """Reverses each sequence within its valid length (padding stays at the end)."""
+  if lengths is None:
+    return x[:, ::-1]
+  t = jnp.arange(x.shape[1])[None, :]
+  L = jnp.asarray(lengths)[:, None]
+  idx = jnp.where(t < L, L - 1 - t, t)
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def scan_cell(step, xp, carry0, mask, truncation: int = 0, unroll: int = 1):
+  """Scans ``step`` over time (axis 1 of ``xp``) with masking and truncation.
+
+  Returns (outputs (B, T, H) zero at padded steps, per-step aux, final carry)."""
+  T = xp.shape[1]
+
+  def body(carry, inp):
+    xp_t, m_t, t = inp
+    if truncation:
+      carry = jax.tree.map(
+          lambda c: jnp.where(t % truncation == 0, jax.lax.stop_gradient(c), c), carry)
+    new, (y, aux) = step(carry, xp_t)
+    m = m_t[:, None]
+    carry = jax.tree.map(lambda n, o: jnp.where(m, n, o), new, carry)
+    return carry, (jnp.where(m, y, 0.0), aux)
+
+  inputs = (jnp.swapaxes(xp, 0, 1), jnp.swapaxes(mask, 0, 1), jnp.arange(T))
+  carry, (ys, aux) = jax.lax.scan(body, carry0, inputs, unroll=unroll)
+  return jnp.swapaxes(ys, 0, 1), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), aux), carry
+
+
+def last_valid(x: jnp.ndarray, lengths: jnp.ndarray | None) -> jnp.ndarray:
+  """x[b, lengths[b] - 1] (the last step when lengths is None)."""
+  if lengths is None:
+    return x[:, -1]
+  idx = jnp.maximum(jnp.asarray(lengths) - 1, 0)
+  return jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+
+
+class Recurrent(nn.Module):
+  """A stack of (optionally bidirectional) recurrent layers.
+
+  ``__call__(x, lengths=None) -> (outputs (B, T, H*dirs), final (B, H*dirs))``
+  where ``final`` is the top layer's output at each sequence's last valid step
+  (forward direction) concatenated with the backward direction's output at step 0.
+  """
+  cell: str = 'lstm'
   hidden: int = 32
+  num_layers: int = 1
   bidirectional: bool = False
+  truncation: int = 0
+  unroll: int = 1
+  collect_gates: bool = False
+  cell_options: Any = None  # dict of the cell's own options (variant, forget_bias, ...)
 
   @nn.compact
-  def __call__(self, x):
-    if self.cell not in CELLS:
-      raise ValueError(f'Unknown cell {self.cell!r}; known: {sorted(CELLS)}')
-    make = lambda: nn.RNN(CELLS[self.cell](features=self.hidden))
-    if self.bidirectional:
-      return nn.Bidirectional(make(), make())(x)
-    return make()(x)
+  def __call__(self, x, lengths=None):
+    B, T = x.shape[:2]
+    mask = length_mask(lengths, B, T)
+    options = dict(self.cell_options or {})
+    h = x
+    for layer in range(self.num_layers):
+      outs, finals = [], []
+      for direction in (('fwd', 'bwd') if self.bidirectional else ('fwd',)):
+        cell = make_cell(self.cell, self.hidden, name=f'layer{layer}_{direction}', **options)
+        inp = h if direction == 'fwd' else reverse_valid(h, lengths)
+        xp, step, carry0 = cell(inp)
+        ys, aux, _ = scan_cell(step, xp, carry0(B), mask, self.truncation, self.unroll)
+        if self.collect_gates:
+          self.sow('intermediates', f'gates_layer{layer}_{direction}', aux)
+        finals.append(last_valid(ys, lengths))
+        outs.append(ys if direction == 'fwd' else reverse_valid(ys, lengths))
+      h = jnp.concatenate(outs, axis=-1)
+    return h, jnp.concatenate(finals, axis=-1)
 
 
 class RNNClassifier(nn.Module):
-  """Recurrent layer over the sequence, then a linear head.
+  """Recurrent stack over the sequence, then a linear head.
 
   ``readout='flatten'`` concatenates the outputs of every step, as MNIST-1D's
   ``GRUBase`` (bidirectional GRU, hidden 6, linear over 40 * 12 features) does;
-  ``'last'`` uses the final step only.
+  ``'last'`` uses each sequence's last valid output (both directions), ``'mean'``
+  the mean over valid steps.
   """
   cell: str = 'gru'
   hidden: int = 6
+  num_layers: int = 1
   bidirectional: bool = True
   readout: str = 'flatten'
+  truncation: int = 0
+  cell_options: Any = None
   num_outputs: int = 10
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    h = RecurrentLayer(self.cell, self.hidden, self.bidirectional)(as_channels_last(x))
-    if self.readout == 'flatten':
-      h = h.reshape(h.shape[0], -1)
-    elif self.readout == 'last':
-      h = h[:, -1]
-    else:
-      raise ValueError(f"readout must be 'flatten' or 'last', got {self.readout!r}")
-    return nn.Dense(self.num_outputs)(h)
+  def __call__(self, x, train: bool = False, lengths=None):
+    x = as_channels_last(x)
+    h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
+                         self.truncation, cell_options=self.cell_options)(x, lengths)
+    return nn.Dense(self.num_outputs)(readout(h, final, lengths, self.readout))
+
+
+def readout(h, final, lengths, kind: str):
+  if kind == 'flatten':
+    return h.reshape(h.shape[0], -1)
+  if kind == 'last':
+    return final
+  if kind == 'mean':
+    mask = length_mask(lengths, h.shape[0], h.shape[1])[..., None]
+    return jnp.sum(h * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1)
+  raise ValueError(f"readout must be 'flatten', 'last' or 'mean', got {kind!r}")
