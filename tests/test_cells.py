@@ -180,9 +180,10 @@ def test_masked_batch_equals_unpadded_runs(cell):
   lengths = jnp.array([6, 3, 1])
   # Garbage in the padding must not matter.
   x = jnp.where(jnp.arange(T)[None, :, None] < lengths[:, None, None], x, 1e3)
-  out, final = layer.apply(params, x, lengths)
+  apply = jax.jit(layer.apply)
+  out, final = apply(params, x, lengths)
   for b, L in enumerate(np.asarray(lengths)):
-    o1, f1 = layer.apply(params, x[b:b + 1, :L])
+    o1, f1 = apply(params, x[b:b + 1, :L])
     np.testing.assert_allclose(out[b, :L], o1[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(final[b], f1[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out[b, L:], 0.0)
@@ -198,9 +199,9 @@ def test_masked_loss_gradients_equal_unpadded():
 
   def unpadded_loss(p):
     return sum(jnp.sum(layer.apply(p, x[b:b + 1, :int(L)])[1] ** 2)
-               for b, L in enumerate(lengths))
+               for b, L in enumerate(np.asarray(lengths)))
 
-  g1, g2 = jax.grad(padded_loss)(params), jax.grad(unpadded_loss)(params)
+  g1, g2 = jax.jit(jax.grad(padded_loss))(params), jax.jit(jax.grad(unpadded_loss))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g2)
 
 
@@ -214,7 +215,7 @@ def test_bptt_gradients_match_finite_differences_float64(cell, opts):
                           layer.init(jax.random.PRNGKey(1), x))
     params = _randomize(params, jax.random.PRNGKey(2))
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-    loss = lambda p, x: jnp.sum(jnp.sin(layer.apply(p, x)[0]))
+    loss = jax.jit(lambda p, x: jnp.sum(jnp.sin(layer.apply(p, x)[0])))
     g_p, g_x = jax.grad(loss, argnums=(0, 1))(params, x)
     flat, unravel = ravel_pytree(params)
     eps = 1e-6
@@ -231,7 +232,7 @@ def test_bptt_gradients_match_finite_differences_float64(cell, opts):
 
 def test_truncated_bptt():
   full, params, x = _layer_and_params('lstm', bidirectional=False, num_layers=1)
-  loss = lambda layer: lambda x: jnp.sum(layer.apply(params, x)[1])  # last step only
+  loss = lambda layer: jax.jit(lambda x: jnp.sum(layer.apply(params, x)[1]))  # last step only
   g_full = jax.grad(loss(full))(x)
   # k = T is full BPTT.
   same = Recurrent('lstm', H, truncation=T)
