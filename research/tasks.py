@@ -38,7 +38,40 @@ def jax_one_hot(y, n):
   return (y[..., None] == jnp.arange(n)).astype(jnp.float32)
 
 
+def _regress(outputs, batch, hp):
+  """Mean squared error; outputs (B,) or (B, 1) against y (B,) (or matching shapes)."""
+  pred = outputs.reshape(batch['y'].shape)
+  err = (pred - batch['y']).reshape(pred.shape[0], -1)
+  mse = jnp.mean(err ** 2, axis=-1)
+  return {'loss': mse, 'mse': mse}
+
+
+def _sequence_classify(outputs, batch, hp):
+  """Per-step cross-entropy (B, T, C) vs y (B, T), averaged over each sequence's
+  valid steps (all steps unless ``lengths`` is in the batch). ``seq_accuracy``
+  is 1 when every valid step is right."""
+  T = batch['y'].shape[1]
+  valid = (jnp.arange(T)[None, :] < batch['lengths'][:, None]) if 'lengths' in batch \
+      else jnp.ones(batch['y'].shape, bool)
+  n = jnp.maximum(valid.sum(-1), 1)
+  labels = optax.smooth_labels(jax_one_hot(batch['y'], outputs.shape[-1]),
+                               hp['task.label_smoothing'])
+  ce = optax.softmax_cross_entropy(outputs, labels)
+  right = (jnp.argmax(outputs, -1) == batch['y']) | ~valid
+  return {'loss': jnp.sum(ce * valid, -1) / n,
+          'accuracy': jnp.sum((jnp.argmax(outputs, -1) == batch['y']) & valid, -1) / n,
+          'seq_accuracy': jnp.all(right, -1).astype(jnp.float32)}
+
+
+KINDS = ('classify', 'regress', 'sequence_classify')
+
+
 def make_task(config: ml_collections.ConfigDict) -> Task:
   if config.kind == 'classify':
     return Task('classify', _classify, ('task.label_smoothing',), 'accuracy', 'max')
-  raise ValueError(f"Unknown task kind {config.kind!r}; known: ['classify']")
+  if config.kind == 'regress':
+    return Task('regress', _regress, (), 'mse', 'min')
+  if config.kind == 'sequence_classify':
+    return Task('sequence_classify', _sequence_classify, ('task.label_smoothing',),
+                'loss', 'min')
+  raise ValueError(f'Unknown task kind {config.kind!r}; known: {list(KINDS)}')

@@ -92,7 +92,7 @@ class Trainer:
         config.optim, self.total_steps,
         clip=any(m['optim.clip_norm'] > 0 for m in members),
         decay=any(m['optim.weight_decay'] > 0 for m in members))
-    self.sample_x = jnp.asarray(dataset.train['x'][:1])
+    self.sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
     self.maximize = task.select_mode == 'max'
     self.patience = int(config.train.patience)
 
@@ -107,8 +107,9 @@ class Trainer:
   def init_member(self, hp: dict[str, jnp.ndarray]) -> MemberState:
     rng = jax.random.PRNGKey(hp['seed'])
     rng, init_rng, drop_rng = jax.random.split(rng, 3)
+    extra = {'lengths': self.sample['lengths']} if 'lengths' in self.sample else {}
     variables = self.model.init({'params': init_rng, 'dropout': drop_rng},
-                                self.sample_x, train=False)
+                                self.sample['x'], train=False, **extra)
     params = variables['params']
     model_state = {k: v for k, v in variables.items() if k != 'params'}
     opt_state = optim.set_hparams(self.tx.init(params), hp)
@@ -120,18 +121,21 @@ class Trainer:
         best_metric=jnp.float32(worst), best_epoch=jnp.int32(-1), bad_evals=jnp.int32(0),
         best_params=params, best_model_state=model_state)
 
-  def _apply(self, params, model_state, x, train: bool, rng=None):
+  def _apply(self, params, model_state, batch, train: bool, rng=None):
+    """Runs the model on ``batch['x']`` (and ``lengths`` for variable-length data)."""
     variables = {'params': params, **model_state}
     rngs = {'dropout': rng} if rng is not None else None
+    extra = {'lengths': batch['lengths']} if 'lengths' in batch else {}
     if train and model_state:
-      return self.model.apply(variables, x, train=True, rngs=rngs, mutable=list(model_state))
-    return self.model.apply(variables, x, train=train, rngs=rngs), model_state
+      return self.model.apply(variables, batch['x'], train=True, rngs=rngs,
+                              mutable=list(model_state), **extra)
+    return self.model.apply(variables, batch['x'], train=train, rngs=rngs, **extra), model_state
 
   def train_step(self, state: MemberState, batch: dict, hp: dict):
     rng, drop_rng = jax.random.split(state.rng)
 
     def loss_fn(params):
-      out, new_model_state = self._apply(params, state.model_state, batch['x'], True, drop_rng)
+      out, new_model_state = self._apply(params, state.model_state, batch, True, drop_rng)
       per = self.task.per_example(out, batch, hp)
       metrics = {k: v.mean() for k, v in per.items()}
       return metrics['loss'], (metrics, new_model_state)
@@ -175,13 +179,13 @@ class Trainer:
     """Mean of every per-example value over the split (``data`` is batched
     (nb, ebs, ...) with a weight ``w`` that is 0 on padding)."""
     def body(acc, batch):
-      out, _ = self._apply(params, model_state, batch['x'], False)
+      out, _ = self._apply(params, model_state, batch, False)
       per = self.task.per_example(out, batch, hp)
       return {k: acc.get(k, 0.0) + jnp.sum(v * batch['w']) for k, v in per.items()}, None
 
     out_shape = jax.eval_shape(
         lambda: self.task.per_example(
-            self._apply(params, model_state, data['x'][0], False)[0],
+            self._apply(params, model_state, jax.tree.map(lambda v: v[0], data), False)[0],
             jax.tree.map(lambda v: v[0], data), hp))
     init = {k: jnp.float32(0.0) for k in out_shape}
     sums, _ = jax.lax.scan(body, init, data)

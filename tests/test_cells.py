@@ -257,3 +257,32 @@ def test_gate_activations_are_collected():
   assert set(gates) == {'i', 'f', 'o', 'c'}
   assert gates['i'].shape == (B, T, H)
   assert np.all((gates['f'] > 0) & (gates['f'] < 1))
+
+
+def test_carry_gradient_norms_equal_autodiff_through_states():
+  from research.analysis.gradients import carry_gradient_norms, step_jacobian_norms
+  layer = Recurrent('elman', H, bidirectional=False, probe_carry=True,
+                    cell_options={'activation': 'tanh'})
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
+  variables = layer.init(jax.random.PRNGKey(1), x)
+  loss = lambda out: jnp.sum(out[1] ** 2)  # depends on the last step only
+  norms = carry_gradient_norms(lambda v: layer.apply(v, x), variables, loss)
+  (name, g), = norms.items()
+  assert g.shape == (T,)
+  # Reference: dL/dh_t by the chain rule through the explicit recurrence.
+  p = variables['params']['layer0_fwd']
+  hs, h = [], jnp.zeros((B, H))
+  for t in range(T):
+    h = jnp.tanh(x[:, t] @ p['W'] + p['b'] + h @ p['R'])
+    hs.append(h)
+  ref = []
+  delta = 2 * hs[-1]  # dL/dh_T
+  for t in reversed(range(T)):
+    ref.append(np.mean(np.linalg.norm(delta, axis=-1)))
+    if t > 0:
+      delta = (delta * (1 - hs[t] ** 2)) @ p['R'].T
+  np.testing.assert_allclose(g, ref[::-1], rtol=1e-4)
+  # Jacobian norms along the trajectory: tanh' <= 1, so each is at most ||R||.
+  xp, step, c0 = ElmanCell(H).apply({'params': p}, x)
+  jn = step_jacobian_norms(step, c0(1)[0], xp[0])
+  assert jn.shape == (T,) and np.all(jn <= np.linalg.norm(np.asarray(p['R']), 2) + 1e-5)

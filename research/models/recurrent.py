@@ -47,23 +47,30 @@ def reverse_valid(x: jnp.ndarray, lengths: jnp.ndarray | None) -> jnp.ndarray:
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def scan_cell(step, xp, carry0, mask, truncation: int = 0, unroll: int = 1):
+def scan_cell(step, xp, carry0, mask, truncation: int = 0, unroll: int = 1, probe=None):
   """Scans ``step`` over time (axis 1 of ``xp``) with masking and truncation.
+
+  ``probe`` (optional): a pytree like the carry with a leading time axis, added
+  to the carry after each step. It is zero; its gradient is dL/d carry_t, the
+  quantity whose decay over time lags shows vanishing gradients.
 
   Returns (outputs (B, T, H) zero at padded steps, per-step aux, final carry)."""
   T = xp.shape[1]
 
   def body(carry, inp):
-    xp_t, m_t, t = inp
+    xp_t, m_t, t, probe_t = inp
     if truncation:
       carry = jax.tree.map(
           lambda c: jnp.where(t % truncation == 0, jax.lax.stop_gradient(c), c), carry)
     new, (y, aux) = step(carry, xp_t)
     m = m_t[:, None]
     carry = jax.tree.map(lambda n, o: jnp.where(m, n, o), new, carry)
+    if probe_t is not None:
+      carry = jax.tree.map(jnp.add, carry, probe_t)
+      y = carry[1] if isinstance(carry, tuple) else carry  # the probed output
     return carry, (jnp.where(m, y, 0.0), aux)
 
-  inputs = (jnp.swapaxes(xp, 0, 1), jnp.swapaxes(mask, 0, 1), jnp.arange(T))
+  inputs = (jnp.swapaxes(xp, 0, 1), jnp.swapaxes(mask, 0, 1), jnp.arange(T), probe)
   carry, (ys, aux) = jax.lax.scan(body, carry0, inputs, unroll=unroll)
   return jnp.swapaxes(ys, 0, 1), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), aux), carry
 
@@ -90,6 +97,7 @@ class Recurrent(nn.Module):
   truncation: int = 0
   unroll: int = 1
   collect_gates: bool = False
+  probe_carry: bool = False  # add zero 'perturbations' to every carry (see analysis.gradients)
   cell_options: Any = None  # dict of the cell's own options (variant, forget_bias, ...)
 
   @nn.compact
@@ -104,7 +112,12 @@ class Recurrent(nn.Module):
         cell = make_cell(self.cell, self.hidden, name=f'layer{layer}_{direction}', **options)
         inp = h if direction == 'fwd' else reverse_valid(h, lengths)
         xp, step, carry0 = cell(inp)
-        ys, aux, _ = scan_cell(step, xp, carry0(B), mask, self.truncation, self.unroll)
+        c0 = carry0(B)
+        probe = None
+        if self.probe_carry:
+          zeros = jax.tree.map(lambda c: jnp.zeros((T,) + c.shape, c.dtype), c0)
+          probe = self.perturb(f'carry_layer{layer}_{direction}', zeros)
+        ys, aux, _ = scan_cell(step, xp, c0, mask, self.truncation, self.unroll, probe)
         if self.collect_gates:
           self.sow('intermediates', f'gates_layer{layer}_{direction}', aux)
         finals.append(last_valid(ys, lengths))
@@ -119,7 +132,8 @@ class RNNClassifier(nn.Module):
   ``readout='flatten'`` concatenates the outputs of every step, as MNIST-1D's
   ``GRUBase`` (bidirectional GRU, hidden 6, linear over 40 * 12 features) does;
   ``'last'`` uses each sequence's last valid output (both directions), ``'mean'``
-  the mean over valid steps.
+  the mean over valid steps, ``'sequence'`` applies the head at every step
+  (outputs (B, T, num_outputs), for per-step targets).
   """
   cell: str = 'gru'
   hidden: int = 6
@@ -143,7 +157,9 @@ def readout(h, final, lengths, kind: str):
     return h.reshape(h.shape[0], -1)
   if kind == 'last':
     return final
+  if kind == 'sequence':
+    return h
   if kind == 'mean':
     mask = length_mask(lengths, h.shape[0], h.shape[1])[..., None]
     return jnp.sum(h * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1)
-  raise ValueError(f"readout must be 'flatten', 'last' or 'mean', got {kind!r}")
+  raise ValueError(f"readout must be 'flatten', 'last', 'mean' or 'sequence', got {kind!r}")
