@@ -31,7 +31,7 @@ def build_model(config: ml_collections.ConfigDict, info: dict[str, Any]) -> nn.M
   cls = MODELS[config.name]
   fields = {f.name for f in dataclasses.fields(cls)}
   if 'num_outputs' in fields and 'num_outputs' not in kwargs:
-    kwargs['num_outputs'] = info['num_classes']
+    kwargs['num_outputs'] = info.get('num_outputs', info.get('num_classes'))
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise ValueError(f'Model {config.name!r} has no option(s) {unknown}')
