@@ -57,6 +57,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """Builds the dataset named by ``config.name``."""
   # Import loaders lazily so a missing optional package only fails its own data.
   from research.data import mnist1d  # noqa: F401
+  from research.data import synthetic  # noqa: F401
+  from research.data import digits  # noqa: F401
   if config.name not in _LOADERS:
     raise ValueError(
         f'Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}')

@@ -25,7 +25,8 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def build_model(config: ml_collections.ConfigDict, info: dict[str, Any]) -> nn.Module:
-  kwargs = {k: v for k, v in config.items() if k != 'name'}
+  kwargs = {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v)
+            for k, v in config.items() if k != 'name'}
   if config.name not in MODELS:
     raise ValueError(f'Unknown model {config.name!r}; known: {sorted(MODELS)}')
   cls = MODELS[config.name]

@@ -1,0 +1,57 @@
+"""Long-range synthetic tasks for RNN / GRU / LSTM and BPTT studies.
+
+Variants: ``configs/synthetic.py:task=adding,cell=lstm,T=100,clip=1,trunc=0``
+  task:  adding (Le et al. / Arjovsky et al. two-marker form) | adding_hs (Hochreiter &
+         Schmidhuber 1997, variable length) | copy | temporal_order | temporal_order3
+  cell:  elman | gru | lstm;  variant: an LSTM variant of Greff et al. (vanilla, NIG, ...)
+  T:     sequence length (the dependency spans about T steps)
+  clip:  global-norm gradient clipping threshold (0 = none)
+  trunc: truncated-BPTT chunk length (0 = full BPTT)
+  quick: a seconds-long smoke run
+"""
+from research import configlib
+from research.defaults import base_config
+
+TASKS = {  # task -> (dataset name, dataset options, task kind, readout)
+    'adding': ('adding', dict(variant='modern'), 'regress', 'last'),
+    'adding_hs': ('adding', dict(variant='hochreiter'), 'regress', 'last'),
+    'copy': ('copy', {}, 'sequence_classify', 'sequence'),
+    'temporal_order': ('temporal_order', {}, 'classify', 'last'),
+    'temporal_order3': ('temporal_order3', {}, 'classify', 'last'),
+}
+
+
+def get_config(arg=None):
+  a = configlib.parse_arg(arg, task='adding', cell='lstm', variant='vanilla', T=100, hidden=64,
+                          clip=1.0, trunc=0, lr=1e-3, quick=False)
+  if a.task not in TASKS:
+    raise ValueError(f'Unknown task {a.task!r}; known: {sorted(TASKS)}')
+  data_name, data_opts, kind, readout = TASKS[a.task]
+  c = base_config()
+  c.experiment = f'{a.task}_T{a.T}_{a.cell}'
+  c.population = 'seed=0,1,2'
+  c.data.name = data_name
+  c.data.seq_len = a.T
+  c.data.seed = 1234
+  c.data.num_train = 10000
+  c.data.num_val = 1000
+  c.data.num_test = 1000
+  for k, v in data_opts.items():
+    c.data[k] = v
+  cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
+  c.model = c.model.__class__(dict(name='rnn', cell=a.cell, hidden=a.hidden, num_layers=1,
+                                   bidirectional=False, readout=readout, truncation=a.trunc,
+                                   cell_options=cell_options))
+  c.task.kind = kind
+  c.optim.name = 'adam'
+  c.optim.lr = a.lr
+  c.optim.clip_norm = a.clip
+  c.train.batch_size = 50
+  c.train.epochs = 20
+  c.train.eval_every = 1
+  c.train.eval_batch_size = 500
+  if a.quick:
+    c.data.num_train, c.data.num_val, c.data.num_test = 500, 100, 100
+    c.train.epochs = 2
+    c.population = 'seed=0,1'
+  return c
