@@ -2,7 +2,7 @@
 
 ``build_optimizer(config.optim, total_steps)`` returns a
 ``GradientTransformationExtraArgs`` built with ``optax.inject_hyperparams``,
-so the learning rate, weight decay and clip norm are arrays in the optimizer
+so the learning rate, weight decay, clip norm and momentum are arrays in the optimizer
 state (``opt_state.hyperparams``) and may differ per population member
 without recompiling. Set them after ``init`` with ``set_hparams``.
 
@@ -28,9 +28,9 @@ import ml_collections
 import optax
 
 # Numeric optimizer settings that may differ between population members.
-HPARAM_KEYS = ('optim.lr', 'optim.weight_decay', 'optim.clip_norm')
+HPARAM_KEYS = ('optim.lr', 'optim.weight_decay', 'optim.clip_norm', 'optim.momentum')
 _INJECTED = {'optim.lr': 'learning_rate', 'optim.weight_decay': 'weight_decay',
-             'optim.clip_norm': 'clip_norm'}
+             'optim.clip_norm': 'clip_norm', 'optim.momentum': 'momentum'}
 
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'exponential', 'step', 'plateau')
 OPTIMIZERS = ('adam', 'rmsprop', 'sgd')
@@ -56,17 +56,19 @@ def schedule_multiplier(config: ml_collections.ConfigDict, total_steps: int) -> 
 
 
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int,
-                    clip: bool | None = None, decay: bool | None = None
-                    ) -> optax.GradientTransformationExtraArgs:
-  """Builds the optimizer. ``clip``/``decay`` force those stages in or out
-  (a population includes them when any member uses them)."""
+                    clip: bool | None = None, decay: bool | None = None,
+                    momentum: bool | None = None) -> optax.GradientTransformationExtraArgs:
+  """Builds the optimizer. ``clip``/``decay``/``momentum`` force those stages
+  in or out (a population includes them when any member uses them; a member
+  with momentum 0 inside a momentum stage steps exactly like plain SGD)."""
   if config.name not in OPTIMIZERS:
     raise ValueError(f'Unknown optim.name {config.name!r}; known: {list(OPTIMIZERS)}')
   clip = config.clip_norm > 0 if clip is None else clip
   decay = config.weight_decay > 0 if decay is None else decay
+  use_momentum = config.momentum > 0 if momentum is None else momentum
   multiplier = schedule_multiplier(config, total_steps)
 
-  def make(learning_rate, weight_decay, clip_norm):
+  def make(learning_rate, weight_decay, clip_norm, momentum):
     parts = []
     if clip:
       parts.append(optax.clip_by_global_norm(clip_norm))
@@ -74,10 +76,10 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int,
       parts.append(optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps))
     elif config.name == 'rmsprop':
       parts.append(optax.scale_by_rms(decay=config.rms_decay, eps=config.eps))
-      if config.momentum:
-        parts.append(optax.trace(decay=config.momentum, nesterov=config.nesterov))
-    elif config.momentum:  # sgd
-      parts.append(optax.trace(decay=config.momentum, nesterov=config.nesterov))
+      if use_momentum:
+        parts.append(optax.trace(decay=momentum, nesterov=config.nesterov))
+    elif use_momentum:  # sgd
+      parts.append(optax.trace(decay=momentum, nesterov=config.nesterov))
     if decay:
       parts.append(optax.add_decayed_weights(weight_decay))
     parts.append(optax.scale_by_schedule(multiplier))
@@ -90,7 +92,7 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int,
 
   return optax.inject_hyperparams(make)(
       learning_rate=config.lr, weight_decay=config.weight_decay,
-      clip_norm=_clip_value(config.clip_norm))
+      clip_norm=_clip_value(config.clip_norm), momentum=config.momentum)
 
 
 def _clip_value(c):

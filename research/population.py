@@ -5,7 +5,8 @@
 from the command line: ``--config.population='seed=0,1 optim.lr=3e-3'``.
 ``config.population_mode`` is ``product`` (every combination) or ``zip``
 (the i-th values together). Keys that may vary are the root ``seed``, the
-optimizer's numeric settings (`research.optim.HPARAM_KEYS`) and the task's
+optimizer's numeric settings (`research.optim.HPARAM_KEYS`), the std of
+Gaussian noise added to training inputs (``train.input_noise``) and the task's
 loss weights (`Task.hparam_keys`); anything that changes the model's structure
 belongs in a separate population (a separate config or run).
 """
@@ -40,7 +41,7 @@ def parse_spec(spec: str) -> dict[str, list[float]]:
 
 def member_keys(task_keys: tuple[str, ...]) -> tuple[str, ...]:
   from research import optim
-  return ('seed',) + optim.HPARAM_KEYS + tuple(task_keys)
+  return ('seed',) + optim.HPARAM_KEYS + ('train.input_noise',) + tuple(task_keys)
 
 
 def expand(config: ml_collections.ConfigDict, task_keys: tuple[str, ...]) -> list[dict[str, Any]]:

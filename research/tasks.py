@@ -3,7 +3,9 @@
 A task turns model outputs and a batch into per-example values
 (``{"loss": (B,), "accuracy": (B,), ...}``). Training minimises the mean of
 ``loss``; evaluation averages every value over a split, weighting padded
-examples by zero. Numeric loss weights listed in ``hparam_keys`` may differ
+examples by zero. A task may also return ``weight`` (B,): then both means are
+weighted by it (e.g. by each sequence's number of frames, so a metric is a
+per-frame average over the whole split rather than a mean of sequence means). Numeric loss weights listed in ``hparam_keys`` may differ
 per population member: they arrive in ``hp`` as traced scalars.
 """
 from __future__ import annotations
@@ -38,12 +40,16 @@ def jax_one_hot(y, n):
   return (y[..., None] == jnp.arange(n)).astype(jnp.float32)
 
 
-def _regress(outputs, batch, hp):
-  """Mean squared error; outputs (B,) or (B, 1) against y (B,) (or matching shapes)."""
+def _regress(outputs, batch, hp, tolerance=0.04):
+  """Mean squared error; outputs (B,) or (B, 1) against y (B,) (or matching shapes).
+  ``within_tol``: 1 when every output is within ``task.tolerance`` of its target
+  (0.04 by default: the adding-problem criterion of Hochreiter & Schmidhuber 1997,
+  also Pascanu et al. 2013's, whose "< 1% error" means within_tol > 0.99)."""
   pred = outputs.reshape(batch['y'].shape)
   err = (pred - batch['y']).reshape(pred.shape[0], -1)
   mse = jnp.mean(err ** 2, axis=-1)
-  return {'loss': mse, 'mse': mse}
+  within = jnp.all(jnp.abs(err) < tolerance, axis=-1).astype(jnp.float32)
+  return {'loss': mse, 'mse': mse, 'within_tol': within}
 
 
 def _sequence_classify(outputs, batch, hp):
@@ -63,15 +69,49 @@ def _sequence_classify(outputs, batch, hp):
           'seq_accuracy': jnp.all(right, -1).astype(jnp.float32)}
 
 
-KINDS = ('classify', 'regress', 'sequence_classify')
+def _multilabel_sequence(outputs, batch, hp):
+  """Independent Bernoulli outputs per step and label (B, T, K) vs 0/1 targets:
+  per sequence, the NLL summed over the K labels and averaged over the valid
+  steps, weighted by the number of valid steps (so split averages are per
+  frame: the polyphonic-music metric). ``accuracy`` is the frame-level
+  accuracy of Bay et al. (2009) used by Boulanger-Lewandowski et al. (2012):
+  TP / (TP + FP + FN) over the split's frames, here averaged per frame."""
+  y = batch['y']
+  T = y.shape[1]
+  valid = (jnp.arange(T)[None, :] < batch['lengths'][:, None]) if 'lengths' in batch \
+      else jnp.ones(y.shape[:2], bool)
+  n = jnp.maximum(valid.sum(-1), 1)
+  nll = jnp.sum(optax.sigmoid_binary_cross_entropy(outputs, y), -1)  # (B, T)
+  pred = outputs > 0
+  tp = jnp.sum(pred & (y > 0.5), -1)
+  wrong = jnp.sum(pred != (y > 0.5), -1)
+  acc = jnp.where(tp + wrong > 0, tp / jnp.maximum(tp + wrong, 1), 1.0)
+  return {'loss': jnp.sum(nll * valid, -1) / n,
+          'accuracy': jnp.sum(acc * valid, -1) / n,
+          'weight': valid.sum(-1).astype(jnp.float32)}
+
+
+def mean_over_batch(per: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+  """Batch means of per-example values, weighted by ``per['weight']`` if present."""
+  if 'weight' not in per:
+    return {k: v.mean() for k, v in per.items()}
+  w = per['weight']
+  total = jnp.maximum(w.sum(), 1e-12)
+  return {k: jnp.sum(v * w) / total for k, v in per.items() if k != 'weight'}
+
+
+KINDS = ('classify', 'regress', 'sequence_classify', 'multilabel_sequence')
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
   if config.kind == 'classify':
     return Task('classify', _classify, ('task.label_smoothing',), 'accuracy', 'max')
   if config.kind == 'regress':
-    return Task('regress', _regress, (), 'mse', 'min')
+    tol = float(config.get('tolerance', 0.04))
+    return Task('regress', lambda o, b, hp: _regress(o, b, hp, tol), (), 'mse', 'min')
   if config.kind == 'sequence_classify':
     return Task('sequence_classify', _sequence_classify, ('task.label_smoothing',),
                 'loss', 'min')
+  if config.kind == 'multilabel_sequence':
+    return Task('multilabel_sequence', _multilabel_sequence, (), 'loss', 'min')
   raise ValueError(f'Unknown task kind {config.kind!r}; known: {list(KINDS)}')

@@ -40,7 +40,7 @@ from research import checkpoint as ckpt_lib
 from research import configlib, optim, population, results
 from research.data import Dataset, load_dataset
 from research.models import build_model
-from research.tasks import Task, make_task
+from research.tasks import Task, make_task, mean_over_batch
 
 
 class DivergenceError(RuntimeError):
@@ -91,10 +91,12 @@ class Trainer:
     self.tx = optim.build_optimizer(
         config.optim, self.total_steps,
         clip=any(m['optim.clip_norm'] > 0 for m in members),
-        decay=any(m['optim.weight_decay'] > 0 for m in members))
+        decay=any(m['optim.weight_decay'] > 0 for m in members),
+        momentum=any(m['optim.momentum'] > 0 for m in members))
     self.sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
     self.maximize = task.select_mode == 'max'
     self.patience = int(config.train.patience)
+    self.input_noise = any(m['train.input_noise'] > 0 for m in members)
 
     self.init = jax.jit(jax.vmap(self.init_member))
     self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, 0, None)),
@@ -132,12 +134,15 @@ class Trainer:
     return self.model.apply(variables, batch['x'], train=train, rngs=rngs, **extra), model_state
 
   def train_step(self, state: MemberState, batch: dict, hp: dict):
-    rng, drop_rng = jax.random.split(state.rng)
+    rng, drop_rng, noise_rng = jax.random.split(state.rng, 3)
+    if self.input_noise and jnp.issubdtype(batch['x'].dtype, jnp.floating):
+      noise = jax.random.normal(noise_rng, batch['x'].shape, batch['x'].dtype)
+      batch = {**batch, 'x': batch['x'] + hp['train.input_noise'] * noise}
 
     def loss_fn(params):
       out, new_model_state = self._apply(params, state.model_state, batch, True, drop_rng)
       per = self.task.per_example(out, batch, hp)
-      metrics = {k: v.mean() for k, v in per.items()}
+      metrics = mean_over_batch(per)
       return metrics['loss'], (metrics, new_model_state)
 
     (loss, (metrics, new_model_state)), grads = jax.value_and_grad(
@@ -181,15 +186,17 @@ class Trainer:
     def body(acc, batch):
       out, _ = self._apply(params, model_state, batch, False)
       per = self.task.per_example(out, batch, hp)
-      return {k: acc.get(k, 0.0) + jnp.sum(v * batch['w']) for k, v in per.items()}, None
+      w = batch['w'] * per.pop('weight', 1.0)
+      sums = {k: acc[k] + jnp.sum(v * w) for k, v in per.items()}
+      return {**sums, '_total': acc['_total'] + jnp.sum(w)}, None
 
     out_shape = jax.eval_shape(
         lambda: self.task.per_example(
             self._apply(params, model_state, jax.tree.map(lambda v: v[0], data), False)[0],
             jax.tree.map(lambda v: v[0], data), hp))
-    init = {k: jnp.float32(0.0) for k in out_shape}
-    sums, _ = jax.lax.scan(body, init, data)
-    total = jnp.sum(data['w'])
+    init = {k: jnp.float32(0.0) for k in out_shape if k != 'weight'}
+    sums, _ = jax.lax.scan(body, {**init, '_total': jnp.float32(0.0)}, data)
+    total = sums.pop('_total')
     return {k: v / total for k, v in sums.items()}
 
   def _update_best(self, state: MemberState, metric: jnp.ndarray, epoch: jnp.ndarray):
@@ -423,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   for gname, idx in groups.items():
     name = config.experiment + (f'[{gname}]' if gname else '')
     ok = [i for i in idx if not member_results[i]['diverged']]
-    for key in ('test/' + task.select_metric, 'test/loss'):
+    for key in dict.fromkeys(('test/' + task.select_metric, 'test/loss')):
       rows.append(results.row(name, key.replace('/', '_'), [member_results[i][key] for i in ok]))
   n_params = sum(x.size for x in jax.tree.leaves(state.params)) // K
   out = results.write(

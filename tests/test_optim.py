@@ -235,25 +235,28 @@ def test_vmapped_members_match_separate_optimizers(name):
   lrs = np.asarray([1e-3, 1e-2, 3e-2], np.float32)
   clips = np.asarray([0.0, 0.5, 2.0], np.float32)  # 0: this member does not clip
   wds = np.asarray([0.0, 1e-2, 0.1], np.float32)
+  # SGD: member 0 has no momentum (plain SGD inside the momentum stage).
+  moms = np.asarray([0.0, 0.5, 0.9] if name == 'sgd' else [0.0] * 3, np.float32)
   k = len(lrs)
-  base = make_config(name=name, lr=1e-3, momentum=0.9 if name == 'sgd' else 0.0)
-  tx = optim.build_optimizer(base, total_steps=100, clip=True, decay=True)
+  base = make_config(name=name, lr=1e-3)
+  tx = optim.build_optimizer(base, total_steps=100, clip=True, decay=True,
+                             momentum=name == 'sgd')
 
   member_params = [make_params(seed=i) for i in range(k)]
   params = jax.tree.map(lambda *xs: jnp.stack(xs), *member_params)
 
-  def init(p, lr, c, wd):
+  def init(p, lr, c, wd, mom):
     state = tx.init(p)
     return optim.set_hparams(state, {'optim.lr': lr, 'optim.clip_norm': c,
-                                     'optim.weight_decay': wd})
+                                     'optim.weight_decay': wd, 'optim.momentum': mom})
 
-  states = jax.vmap(init)(params, lrs, clips, wds)
+  states = jax.vmap(init)(params, lrs, clips, wds, moms)
   update = jax.jit(jax.vmap(tx.update))
 
   refs = []
   for i in range(k):
     cfg = make_config(name=name, lr=float(lrs[i]), clip_norm=float(clips[i]),
-                      weight_decay=float(wds[i]), momentum=base.momentum)
+                      weight_decay=float(wds[i]), momentum=float(moms[i]))
     ref_tx = optim.build_optimizer(cfg, total_steps=100)  # stages only where used
     refs.append((ref_tx, ref_tx.init(member_params[i]), member_params[i]))
 
@@ -270,6 +273,7 @@ def test_vmapped_members_match_separate_optimizers(name):
   hp = states.hyperparams
   np.testing.assert_allclose(hp['learning_rate'], lrs)
   np.testing.assert_allclose(hp['weight_decay'], wds)
+  np.testing.assert_allclose(hp['momentum'], moms)
   np.testing.assert_array_equal(hp['clip_norm'], [np.inf, 0.5, 2.0])
 
 

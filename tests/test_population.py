@@ -73,7 +73,7 @@ def test_expand_default_population_of_config(config):
   assert [m['seed'] for m in members] == [0, 1, 2]
   for m in members:
     assert set(m) == {'seed', 'optim.lr', 'optim.weight_decay', 'optim.clip_norm',
-                      'task.label_smoothing'}
+                      'optim.momentum', 'train.input_noise', 'task.label_smoothing'}
     assert m['optim.lr'] == pytest.approx(1e-2)  # the config's, not optim's default
 
 
@@ -108,7 +108,8 @@ def test_expand_empty_population_is_one_member(config):
   config.seed = 7
   members = expand(config, '')
   assert members == [{'seed': 7, 'optim.lr': pytest.approx(1e-2), 'optim.weight_decay': 0.0,
-                      'optim.clip_norm': 0.0, 'task.label_smoothing': 0.0}]
+                      'optim.clip_norm': 0.0, 'optim.momentum': 0.0, 'train.input_noise': 0.0,
+                      'task.label_smoothing': 0.0}]
   assert type(members[0]['seed']) is int
   assert len(expand(config, '', mode='zip')) == 1
 

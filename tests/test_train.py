@@ -215,3 +215,16 @@ def test_members_sharded_over_two_cpu_devices_match_one_device(tmp_path):
   for a, b in zip(member_metrics(two), member_metrics(one)):
     for k in a:
       np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
+
+
+def test_input_noise_member_without_noise_equals_noiseless_run(tmp_path):
+  """Input noise is a per-member hyperparameter: a member with std 0 inside a
+  population that adds noise trains exactly like a run without noise."""
+  c = small_config(**{'train.epochs': 2})
+  c.population = 'train.input_noise=0,0.5'
+  both = train_and_evaluate(c, tmp_path / 'pop')
+  alone = train_and_evaluate(small_config(**{'train.epochs': 2}), tmp_path / 'alone')
+  m_pop, m_alone = member_metrics(both), member_metrics(alone)
+  for k, v in m_alone[0].items():
+    assert m_pop[0][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+  assert m_pop[1]['test/loss'] != pytest.approx(m_pop[0]['test/loss'], rel=1e-4)

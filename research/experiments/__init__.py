@@ -10,6 +10,9 @@ import importlib
 
 EXPERIMENTS = {
     'mnist1d': 'research.experiments.mnist1d',
+    'rnn_music': 'research.experiments.rnn_music',
+    'bptt': 'research.experiments.bptt',
+    'lstm_variants': 'research.experiments.lstm_variants',
 }
 
 

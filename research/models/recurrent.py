@@ -143,12 +143,15 @@ class RNNClassifier(nn.Module):
   truncation: int = 0
   cell_options: Any = None
   num_outputs: int = 10
+  unroll: int = 1  # time steps per scan iteration (speed only; the values are the same)
+  probe_carry: bool = False  # for gradient-flow diagnostics (research.analysis.gradients)
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):
     x = as_channels_last(x)
     h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
-                         self.truncation, cell_options=self.cell_options)(x, lengths)
+                         self.truncation, unroll=self.unroll, probe_carry=self.probe_carry,
+                         cell_options=self.cell_options)(x, lengths)
     return nn.Dense(self.num_outputs)(readout(h, final, lengths, self.readout))
 
 

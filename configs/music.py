@@ -1,0 +1,52 @@
+"""Polyphonic music modelling on JSB Chorales: next-frame NLL of 88 keys.
+
+Variants: ``configs/music.py:cell=lstm,variant=vanilla,hidden=36,lr=1e-3``
+  cell:    elman | gru | lstm;  variant: an LSTM variant of Greff et al. (vanilla, NIG, ...)
+  size:    small (~20K parameters, as Chung et al. 2014) | large (~300K) -- sets hidden
+           per cell unless ``hidden`` is given
+  path:    the .mat file (default ../shared/data/JSB_Chorales.mat, relative to the cwd)
+  quick:   a smoke run (2 epochs, 2 seeds)
+
+Metric: test NLL per frame summed over the 88 keys (lower is better).
+Anchors: LSTM 8.45, GRU 8.43, RNN 8.91 (Bai et al. 2018, Table 1);
+GRU 8.54 at ~20K parameters (Chung et al. 2014).
+"""
+from research import configlib
+from research.defaults import base_config
+
+DEFAULT_PATH = '../shared/data/JSB_Chorales.mat'
+# Hidden sizes giving ~20K / ~300K parameters with 88 inputs and 88 outputs.
+HIDDEN = {'small': {'lstm': 36, 'gru': 46, 'elman': 100},
+          'large': {'lstm': 230, 'gru': 270, 'elman': 480}}
+
+
+def get_config(arg=None):
+  a = configlib.parse_arg(arg, cell='lstm', variant='vanilla', size='small', hidden=0,
+                          lr=1e-3, epochs=100, path=DEFAULT_PATH, quick=False)
+  if a.size not in HIDDEN:
+    raise ValueError(f'size must be one of {sorted(HIDDEN)}, got {a.size!r}')
+  if a.cell not in HIDDEN[a.size]:
+    raise ValueError(f'cell must be one of {sorted(HIDDEN[a.size])}, got {a.cell!r}')
+  hidden = a.hidden or HIDDEN[a.size][a.cell]
+  c = base_config()
+  c.experiment = f'jsb_{a.cell}' + (f'_{a.variant}' if a.cell == 'lstm' else '') + f'_h{hidden}'
+  c.population = 'seed=0,1,2'
+  c.data.name = 'music'
+  c.data.path = a.path
+  cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
+  c.model = c.model.__class__(dict(name='rnn', cell=a.cell, hidden=hidden, num_layers=1,
+                                   bidirectional=False, readout='sequence', truncation=0,
+                                   cell_options=cell_options))
+  c.task.kind = 'multilabel_sequence'
+  c.optim.name = 'adam'
+  c.optim.lr = a.lr
+  c.optim.clip_norm = 1.0
+  c.train.batch_size = 8
+  c.train.epochs = a.epochs
+  c.train.eval_every = 1
+  c.train.eval_batch_size = 128
+  c.train.patience = 20
+  if a.quick:
+    c.train.epochs = 2
+    c.population = 'seed=0,1'
+  return c

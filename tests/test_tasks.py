@@ -1,0 +1,36 @@
+"""Task losses and metrics against direct NumPy computations."""
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from research.tasks import make_task, mean_over_batch
+
+
+def test_regress_within_tolerance_counts_every_output():
+  task = make_task(ml_collections.ConfigDict(dict(kind='regress', tolerance=0.04)))
+  y = jnp.asarray([0.5, 0.5, 0.5, 0.5])
+  pred = jnp.asarray([0.5, 0.539, 0.541, 0.45])
+  per = task.per_example(pred[:, None], {'y': y}, {})
+  np.testing.assert_array_equal(per['within_tol'], [1, 1, 0, 0])
+  np.testing.assert_allclose(per['mse'], (np.asarray(pred) - 0.5) ** 2, rtol=1e-5)
+
+
+def test_weighted_batch_mean_is_per_frame():
+  per = {'loss': jnp.asarray([1.0, 4.0]), 'weight': jnp.asarray([3.0, 1.0])}
+  assert float(mean_over_batch(per)['loss']) == pytest.approx((3 * 1 + 4) / 4)
+  assert 'weight' not in mean_over_batch(per)
+  assert float(mean_over_batch({'loss': jnp.asarray([1.0, 4.0])})['loss']) == 2.5
+
+
+def test_multilabel_sequence_nll_against_numpy():
+  task = make_task(ml_collections.ConfigDict(dict(kind='multilabel_sequence')))
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 88)).astype(np.float32)
+  y = (rng.random((2, 5, 88)) < 0.1).astype(np.float32)
+  lengths = np.asarray([5, 2])
+  per = task.per_example(jnp.asarray(logits), {'y': jnp.asarray(y), 'lengths': lengths}, {})
+  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  nll = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(-1)  # (2, 5)
+  np.testing.assert_allclose(per['loss'], [nll[0].mean(), nll[1, :2].mean()], rtol=1e-5)
+  np.testing.assert_array_equal(per['weight'], [5, 2])
