@@ -1,0 +1,235 @@
+"""The LSTM search-space study (Greff et al. 2017) on JSB Chorales, as populations.
+
+Greff, Srivastava, Koutník, Steunebrink & Schmidhuber, "LSTM: A Search Space
+Odyssey" (IEEE TNNLS 2017) trained 8 variants of the (peephole) LSTM with
+random hyperparameter search and compared the best 10% of trials per variant
+against vanilla with Welch's t-test; fANOVA attributed the variance of the
+result to hyperparameters. Their findings on JSB Chorales (Sec. IV, Fig. 3):
+no variant beats vanilla significantly; removing the forget gate (NFG) or the
+output activation (NOAF) hurts most; coupling input and forget gate (CIFG) and
+dropping peepholes (NP) are harmless; the learning rate matters most.
+
+Here: the same random trials (learning rate, momentum, input-noise std, and
+hidden size) for every variant -- a paired design -- trained with SGD +
+momentum as one population per (variant, hidden size). Per variant we report
+the test NLL of the best quarter of trials by *validation* NLL (our search is
+~10x smaller than Greff's 200 trials, so their top 10% would be 2 trials),
+Welch's t-test against vanilla on those trials, the epochs the best trials need
+to reach a target validation NLL (convergence speed), and fANOVA importances
+(Optuna's ``FanovaImportanceEvaluator``) over all trials.
+
+The input gate on a long-range task: vanilla vs NIG vs CIFG on the adding
+problem (T = 100), where an LSTM without input gate cannot keep the
+irrelevant inputs out of its cell.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from research import results
+from research.analysis import curves
+from research.experiments.common import train_variant, write_report
+
+VARIANTS = ('vanilla', 'NIG', 'NFG', 'NOG', 'NIAF', 'NOAF', 'NP', 'CIFG', 'FGR')
+SOURCE = 'Greff et al. 2017, Fig. 3 (JSB): no variant significantly better than vanilla'
+ANCHOR = 'Bai et al. 2018, Table 1: LSTM 8.45 (JSB test NLL)'
+BUDGETS = {
+    'full': dict(hidden=(32, 64), trials=10, epochs=40, patience=8, variants=VARIANTS,
+                 adding=dict(T=100, num_train=5000, epochs=20, seeds='0,1,2')),
+    'smoke': dict(hidden=(16,), trials=4, epochs=2, patience=0, variants=('vanilla', 'NIG', 'CIFG'),
+                  adding=dict(T=20, num_train=1000, epochs=2, seeds='0,1')),
+}
+TOP_FRACTION = 0.25
+
+
+def sample_trials(n: int, seed: int = 0) -> list[dict[str, float]]:
+  """Greff-style ranges: lr log-uniform [1e-3, 1] (SGD, batch 8), momentum
+  1 - log-uniform [0.01, 1] (so 0 to 0.99), input-noise std uniform [0, 0.3]."""
+  rng = np.random.default_rng(seed)
+  return [{'optim.lr': float(10 ** rng.uniform(-3, 0)),
+           'optim.momentum': float(1 - 10 ** rng.uniform(-2, 0)),
+           'train.input_noise': float(rng.uniform(0, 0.3))} for _ in range(n)]
+
+
+def _population(trials: list[dict], seed0: int) -> str:
+  keys = list(trials[0])
+  parts = [f'seed={",".join(str(seed0 + i) for i in range(len(trials)))}']
+  parts += [f'{k}={",".join(f"{t[k]:.6g}" for t in trials)}' for k in keys]
+  return ' '.join(parts)
+
+
+def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None) -> dict:
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  b = BUDGETS[budget]
+  t0 = time.time()
+  trials = []  # one dict per trial: variant, hidden, hparams, val/test NLL, curve
+  for h_index, hidden in enumerate(b['hidden']):
+    sampled = sample_trials(b['trials'], seed=h_index)
+    for variant in b['variants']:
+      wd = workdir / f'{variant}_h{hidden}'
+      out = train_variant(
+          'configs/music.py', f'cell=lstm,variant={variant},hidden={hidden}', wd,
+          **{'data.path': data_path, 'optim.name': 'sgd', 'population_mode': 'zip',
+             'population': _population(sampled, 1000 * h_index),
+             'train.epochs': b['epochs'], 'train.patience': b['patience'],
+             'train.progress': budget == 'full'})
+      val_curves = _member_curves(wd, 'val/loss')
+      for m in out['members']:
+        trials.append({'variant': variant, 'hidden': hidden, 'member': m['member'],
+                       **{k: m['hparams'][k] for k in sampled[0]},
+                       'diverged': m['diverged'], 'val_nll': m['val/loss'],
+                       'test_nll': m['test/loss'], 'best_epoch': m['best_epoch'],
+                       'val_curve': val_curves.get(m['member'], [])})
+  analysis = analyse(trials, b['variants'])
+  adding = _adding_runs(workdir, b['adding'])
+  wall = time.time() - t0
+
+  rows = []
+  for v in b['variants']:
+    a = analysis['variants'][v]
+    rows.append(results.row(f'{v} (best {a["n_top"]} of {a["n_trials"]})', 'test_nll',
+                            a['top_test_nll'], 8.45 if v == 'vanilla' else None,
+                            ANCHOR if v == 'vanilla' else SOURCE))
+  for name, vals in adding['rows'].items():
+    rows.append(results.row(name, 'adding_test_mse', vals))
+  _plot_variants(analysis, b['variants'], workdir / 'variants.png')
+  curves.plot_curves({v: workdir / f'{v}_h{b["hidden"][-1]}' for v in b['variants']},
+                     'val/loss', workdir / 'curves.png',
+                     title=f'JSB validation NLL, all trials at hidden {b["hidden"][-1]} (mean ± std)')
+  out = results.write(workdir / 'results.json', 'lstm_variants', rows, budget=budget,
+                      wall_time_s=wall, analysis=analysis, adding=adding,
+                      trials=[{k: v for k, v in t.items() if k != 'val_curve'} for t in trials])
+  table = _variants_table(analysis, b['variants'])
+  imp = analysis['importance']
+  write_report(
+      workdir, 'LSTM variants on JSB Chorales (Greff et al. 2017 protocol, scaled down)',
+      f'Budget `{budget}`: {b["trials"]} random trials x hidden {list(b["hidden"])} per variant '
+      f'(the same trials for every variant), SGD + momentum, batch 8, clip 1, up to '
+      f'{b["epochs"]} epochs with early stopping on validation NLL. Test NLL per frame of the '
+      f'best {TOP_FRACTION:.0%} of trials by validation NLL; p: Welch t-test against vanilla '
+      f'on those trials; epochs to target: median over them of the first epoch with validation '
+      f'NLL <= {analysis["target_val_nll"]:.2f} (5% above vanilla\'s best).',
+      [table,
+       '**Hyperparameter importance** (fANOVA over all trials, Optuna): ' +
+       ', '.join(f'{k} {v:.2f}' for k, v in imp.items()),
+       '**Input gate on a long-range task** (adding problem, test MSE; success = > 99% of '
+       'sequences within 0.04):\n\n' + adding['table']],
+      {'variants': 'variants.png', 'validation curves': 'curves.png'}, wall)
+  print(table)
+  return out
+
+
+def _member_curves(workdir: Path, metric: str) -> dict[int, list[float]]:
+  out: dict[int, list[float]] = {}
+  for r in curves.read_metrics(workdir):
+    out.setdefault(r['member'], []).append(r[metric])
+  return out
+
+
+def analyse(trials: list[dict], variants) -> dict:
+  """Top-trial statistics per variant, Welch t-tests, convergence speed, fANOVA."""
+  from scipy import stats
+  ok = [t for t in trials if not t['diverged'] and math.isfinite(t['val_nll'])]
+  by_variant = {v: sorted((t for t in ok if t['variant'] == v), key=lambda t: t['val_nll'])
+                for v in variants}
+  top = {v: ts[:max(2, math.ceil(TOP_FRACTION * len(ts)))] for v, ts in by_variant.items()}
+  ref = [t['test_nll'] for t in top.get('vanilla', [])]
+  target = 1.05 * min((t['val_nll'] for t in by_variant.get('vanilla', [])), default=np.inf)
+  out = {'variants': {}, 'target_val_nll': float(target)}
+  for v in variants:
+    vals = [t['test_nll'] for t in top[v]]
+    p = float(stats.ttest_ind(vals, ref, equal_var=False).pvalue) \
+        if v != 'vanilla' and len(vals) > 1 and len(ref) > 1 else None
+    reach = [next((e + 1 for e, x in enumerate(t['val_curve']) if x <= target), None)
+             for t in top[v]]
+    reached = [r for r in reach if r is not None]
+    out['variants'][v] = {
+        'n_trials': sum(t['variant'] == v for t in trials), 'n_top': len(vals),
+        'n_diverged': sum(t['variant'] == v and t['diverged'] for t in trials),
+        'top_test_nll': vals, 'all_test_nll': [t['test_nll'] for t in by_variant[v]],
+        'welch_p_vs_vanilla': p,
+        'epochs_to_target': float(np.median(reached)) if reached else None,
+        'reached_target': f'{len(reached)}/{len(reach)}'}
+  out['importance'] = fanova_importance(ok)
+  return out
+
+
+def fanova_importance(trials: list[dict]) -> dict[str, float]:
+  """fANOVA importances of the hyperparameters (and the variant) for test NLL."""
+  import optuna
+  from optuna.distributions import CategoricalDistribution, FloatDistribution
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  if len(trials) < 4:
+    return {}
+  dists = {
+      'variant': CategoricalDistribution(sorted({t['variant'] for t in trials})),
+      'hidden': CategoricalDistribution(sorted({t['hidden'] for t in trials})),
+      'lr': FloatDistribution(1e-3, 1.0, log=True),
+      'momentum': FloatDistribution(0.0, 0.99),
+      'input_noise': FloatDistribution(0.0, 0.3)}
+  study = optuna.create_study(direction='minimize')
+  for t in trials:
+    params = {'variant': t['variant'], 'hidden': t['hidden'], 'lr': t['optim.lr'],
+              'momentum': min(max(t['optim.momentum'], 0.0), 0.99),
+              'input_noise': t['train.input_noise']}
+    use = {k: d for k, d in dists.items() if len(getattr(d, 'choices', (0, 1))) > 1}
+    study.add_trial(optuna.trial.create_trial(
+        params={k: params[k] for k in use}, distributions=use, value=t['test_nll']))
+  imp = optuna.importance.get_param_importances(
+      study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+  return {k: float(v) for k, v in imp.items()}
+
+
+def _variants_table(analysis: dict, variants) -> str:
+  lines = ['| variant | test NLL, best trials | all trials (median) | p vs vanilla | '
+           'epochs to target | diverged |', '|---|---|---|---|---|---|']
+  for v in variants:
+    a = analysis['variants'][v]
+    p = '—' if a['welch_p_vs_vanilla'] is None else f'{a["welch_p_vs_vanilla"]:.3f}'
+    e = '—' if a['epochs_to_target'] is None else f'{a["epochs_to_target"]:.0f}'
+    lines.append(f'| {v} | {np.mean(a["top_test_nll"]):.2f} ± {np.std(a["top_test_nll"]):.2f} '
+                 f'(n={a["n_top"]}) | {np.median(a["all_test_nll"]):.2f} | {p} | '
+                 f'{e} ({a["reached_target"]}) | {a["n_diverged"]} |')
+  return '\n'.join(lines)
+
+
+def _adding_runs(workdir: Path, spec: dict) -> dict:
+  rows, lines = {}, ['| LSTM | test MSE | success rate |', '|---|---|---|']
+  for variant in ('vanilla', 'NIG', 'CIFG'):
+    out = train_variant(
+        'configs/synthetic.py', f'task=adding,cell=lstm,variant={variant},T={spec["T"]},hidden=32',
+        workdir / f'adding_T{spec["T"]}_{variant}',
+        **{'data.num_train': spec['num_train'], 'train.epochs': spec['epochs'],
+           'population': f'seed={spec["seeds"]}', 'train.progress': False})
+    ms = [m for m in out['members'] if not m['diverged']]
+    mse = [m['test/mse'] for m in ms]
+    success = np.mean([m['test/within_tol'] > 0.99 for m in ms]) if ms else 0.0
+    name = f'adding T={spec["T"]} LSTM {variant}'
+    rows[name] = mse
+    lines.append(f'| {variant} | {np.mean(mse):.4f} ± {np.std(mse):.4f} | {success:.2f} |')
+  return {'rows': rows, 'table': '\n'.join(lines)}
+
+
+def _plot_variants(analysis: dict, variants, path: Path) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(8, 4))
+  for i, v in enumerate(variants):
+    a = analysis['variants'][v]
+    ax.scatter(np.full(len(a['all_test_nll']), i), a['all_test_nll'], color='0.7', s=12)
+    ax.scatter(np.full(len(a['top_test_nll']), i), a['top_test_nll'], color='C0', s=18)
+  ax.set_xticks(range(len(variants)), variants)
+  ax.set_ylabel('test NLL per frame')
+  ax.set_title('JSB Chorales: all trials (grey) and best trials (blue) per LSTM variant')
+  ax.grid(alpha=0.3)
+  lo = min(min(analysis['variants'][v]['all_test_nll'], default=8) for v in variants)
+  ax.set_ylim(lo - 0.2, lo + 6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
