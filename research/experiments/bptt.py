@@ -43,7 +43,7 @@ BUDGETS = {
     # task -> lengths; truncation runs: (task, T, k)
     'full': dict(grid={'temporal_order': (50, 100, 200), 'adding': (100,)},
                  truncation=[('temporal_order', 100, 25)], seeds='0,1,2',
-                 overrides={'data.num_train': 5000, 'train.epochs': 20, 'train.patience': 4}),
+                 overrides={'data.num_train': 5000, 'train.epochs': 20, 'train.patience': 0}),
     'smoke': dict(grid={'temporal_order': (20,), 'adding': (20,)},
                   truncation=[('temporal_order', 20, 5)], seeds='0,1',
                   overrides={'data.num_train': 1000, 'train.epochs': 3, 'train.patience': 0}),
