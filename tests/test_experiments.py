@@ -1,0 +1,91 @@
+"""The studies' analysis code on known inputs, and (slow) their smoke budgets end to end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from research import results
+from research.experiments import bptt, lstm_variants
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_trials(seed=0, n=30):
+  """Test NLL depends on the learning rate only (plus a variant offset and small noise)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for k, (variant, offset) in enumerate((('vanilla', 0.0), ('NFG', 1.0), ('CIFG', 0.0))):
+    for i, t in enumerate(lstm_variants.sample_trials(n, seed=k)):
+      nll = 8.5 + offset + 2.0 * abs(np.log10(t['optim.lr']) + 1.5) + rng.normal(0, 0.01)
+      out.append({'variant': variant, 'hidden': 32, 'member': i, **t, 'diverged': False,
+                  'val_nll': nll + rng.normal(0, 0.01), 'test_nll': nll,
+                  'best_epoch': 5, 'val_curve': [12.0, 10.0, nll]})
+  return out
+
+
+def test_sample_trials_are_deterministic_and_in_range():
+  a, b = lstm_variants.sample_trials(50, seed=3), lstm_variants.sample_trials(50, seed=3)
+  assert a == b and a != lstm_variants.sample_trials(50, seed=4)
+  lr = np.array([t['optim.lr'] for t in a])
+  mom = np.array([t['optim.momentum'] for t in a])
+  noise = np.array([t['train.input_noise'] for t in a])
+  assert lr.min() >= 1e-3 and lr.max() <= 1 and 0 <= mom.min() and mom.max() <= 0.99
+  assert 0 <= noise.min() and noise.max() <= 0.3
+
+
+def test_variant_analysis_selects_by_validation_and_tests_against_vanilla():
+  trials = fake_trials()
+  a = lstm_variants.analyse(trials, ('vanilla', 'NFG', 'CIFG'))
+  for v in ('vanilla', 'NFG', 'CIFG'):
+    mine = sorted((t for t in trials if t['variant'] == v), key=lambda t: t['val_nll'])
+    assert a['variants'][v]['top_test_nll'] == [t['test_nll'] for t in mine[:8]]  # 25% of 30
+  p = stats.ttest_ind(a['variants']['NFG']['top_test_nll'],
+                      a['variants']['vanilla']['top_test_nll'], equal_var=False).pvalue
+  assert a['variants']['NFG']['welch_p_vs_vanilla'] == pytest.approx(p)
+  assert p < 1e-3 and a['variants']['CIFG']['welch_p_vs_vanilla'] > 0.01
+  # The target is 5% above vanilla's best validation NLL; NFG (1 nat worse) never reaches it.
+  assert a['variants']['vanilla']['epochs_to_target'] == 3
+  assert a['variants']['NFG']['epochs_to_target'] is None
+  imp = a['importance']
+  assert max(imp, key=imp.get) == 'lr' and imp['lr'] > 0.5
+
+
+def test_tanh_rnn_gradient_decays_faster_below_radius_one():
+  prof = bptt.gradient_profiles(T=30, radii=(0.5, 1.5), batch=20)
+  assert set(prof) == {'LSTM', 'GRU', 'tanh RNN, radius 0.5', 'tanh RNN, radius 1.5'}
+  decay = {k: g[-1] / g[0] for k, g in prof.items()}  # last step vs first: the longest lag
+  assert decay['tanh RNN, radius 0.5'] > 1e4  # vanished over 29 steps
+  assert decay['tanh RNN, radius 0.5'] > 100 * decay['tanh RNN, radius 1.5']
+  assert all(np.all(np.isfinite(g)) and g.shape == (30,) for g in prof.values())
+
+
+def _reproduce(tmp_path, *args):
+  proc = subprocess.run([sys.executable, 'scripts/reproduce.py', *args, '--budget=smoke'],
+                        cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_bptt_smoke_writes_results_and_plots(tmp_path):
+  _reproduce(tmp_path, '--experiment=bptt', f'--workdir={tmp_path}')
+  out = results.read(tmp_path / 'results.json')
+  assert len(out['rows']) == 2 * 7  # (2 tasks x 3 cells + 1 truncated) x {no clip, clip}
+  for f in ('report.md', 'gradient_vs_lag.png', 'success.png'):
+    assert (tmp_path / f).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_music_studies_smoke_on_a_generated_file(tmp_path):
+  from tests.test_music import write_mat
+  write_mat(tmp_path / 'jsb.mat', lengths=((20,) * 16, (20,) * 4, (20,) * 4))
+  for exp in ('rnn_music', 'lstm_variants'):
+    _reproduce(tmp_path, f'--experiment={exp}', f'--workdir={tmp_path / exp}',
+               f'--data_path={tmp_path / "jsb.mat"}')
+    out = results.read(tmp_path / exp / 'results.json')
+    assert all(np.isfinite(r['value']) for r in out['rows'])
+  cfg = json.loads((tmp_path / 'rnn_music' / 'gru_small' / 'config.json').read_text())
+  assert cfg['data']['path'] == str(tmp_path / 'jsb.mat')
