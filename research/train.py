@@ -241,6 +241,10 @@ def member_sharding(num_members: int):
           jax.sharding.NamedSharding(mesh, P()))
 
 
+# Keys that change nothing a run computes: a resumed run may set them differently.
+RESUME_MAY_DIFFER = frozenset({'train.progress'})
+
+
 def _check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """Writes config.json, or checks that a resumed run has the same config."""
   path = workdir / 'config.json'
@@ -250,7 +254,10 @@ def _check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     if saved != current:
       a = configlib.flatten(ml_collections.ConfigDict(saved))
       b = configlib.flatten(ml_collections.ConfigDict(current))
-      diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+      diff = sorted(k for k in set(a) | set(b)
+                    if a.get(k) != b.get(k) and k not in RESUME_MAY_DIFFER)
+      if not diff:
+        return
       raise ValueError(
           f'{workdir} holds a run with a different config (keys differ: {diff}); '
           'use a new --workdir, or the same config to resume')

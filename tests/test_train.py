@@ -94,6 +94,9 @@ def test_resume_with_other_config_is_refused(tmp_path):
   train_and_evaluate(small_config(**{'train.epochs': 1}), tmp_path)
   with pytest.raises(ValueError, match=r"different config.*optim\.lr"):
     train_and_evaluate(small_config(**{'train.epochs': 1, 'optim.lr': 0.5}), tmp_path)
+  # The progress bar is not part of what a run computes: toggling it still resumes.
+  out = train_and_evaluate(small_config(**{'train.epochs': 1, 'train.progress': True}), tmp_path)
+  assert out['num_members'] == 1
 
 
 def test_update_best_and_early_stopping():
