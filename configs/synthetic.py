@@ -6,7 +6,8 @@ Variants: ``configs/synthetic.py:task=adding,cell=lstm,T=100,clip=1,trunc=0``
   cell:  elman | gru | lstm;  variant: an LSTM variant of Greff et al. (vanilla, NIG, ...)
   T:     sequence length (the dependency spans about T steps)
   clip:  global-norm gradient clipping threshold (0 = none)
-  trunc: truncated-BPTT chunk length (0 = full BPTT)
+  trunc: truncated-BPTT chunk length k1 (0 = full BPTT)
+  k2:    with trunc, backpropagate each chunk's errors k2 >= trunc steps (0: k2 = trunc)
   quick: a seconds-long smoke run
 """
 from research import configlib
@@ -23,7 +24,7 @@ TASKS = {  # task -> (dataset name, dataset options, task kind, readout)
 
 def get_config(arg=None):
   a = configlib.parse_arg(arg, task='adding', cell='lstm', variant='vanilla', T=100, hidden=64,
-                          clip=1.0, trunc=0, lr=1e-3, quick=False)
+                          clip=1.0, trunc=0, k2=0, lr=1e-3, quick=False)
   if a.task not in TASKS:
     raise ValueError(f'Unknown task {a.task!r}; known: {sorted(TASKS)}')
   data_name, data_opts, kind, readout = TASKS[a.task]
@@ -41,6 +42,7 @@ def get_config(arg=None):
   cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
   c.model = c.model.__class__(dict(name='rnn', cell=a.cell, hidden=a.hidden, num_layers=1,
                                    bidirectional=False, readout=readout, truncation=a.trunc,
+                                   truncation_k2=a.k2,
                                    cell_options=cell_options))
   c.task.kind = kind
   c.optim.name = 'adam'

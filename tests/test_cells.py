@@ -248,6 +248,30 @@ def test_truncated_bptt():
   assert np.abs(g_full[:, :start]).sum() > 0
 
 
+@pytest.mark.parametrize('k1,k2', [(2, 3), (2, 5), (1, 4), (3, 3)])
+def test_tbptt_k1_k2_gradient_reach(k1, k2):
+  """TBPTT(k1, k2): same values as full BPTT (also with masking); the output at
+  step tau gets gradient from inputs back to (chunk end) - k2 and no further."""
+  T2 = 7
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, T2, D))
+  full = Recurrent('lstm', H)
+  params = full.init(jax.random.PRNGKey(1), x)
+  tb = Recurrent('lstm', H, truncation=k1, truncation_k2=k2)
+  lengths = jnp.array([7, 4, 2])
+  for ln in (None, lengths):
+    a, b = full.apply(params, x, ln), tb.apply(params, x, ln)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+  # d (sum of outputs at step tau) / d x, for every tau at once: (T2, B, T2, D).
+  jac = lambda layer: jax.jit(jax.jacrev(
+      lambda x: jnp.sum(layer.apply(params, x)[0], axis=(0, 2))))(x)
+  J, J_full = jac(tb), jac(full)
+  for tau in range(T2):
+    first = max(0, (tau // k1 + 1) * k1 - k2)  # earliest input the error reaches
+    np.testing.assert_array_equal(J[tau, :, :first], 0.0)
+    np.testing.assert_allclose(J[tau, :, first:], J_full[tau, :, first:], rtol=1e-4, atol=1e-6)
+    assert first == 0 or np.abs(J_full[tau, :, :first]).sum() > 0
+
+
 def test_gate_activations_are_collected():
   layer = Recurrent('lstm', H, collect_gates=True)
   x = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))

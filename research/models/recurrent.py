@@ -13,8 +13,10 @@ length, so it also starts at the last *valid* step.
 
 Truncated BPTT: with ``truncation=k > 0`` the carry passes between chunks of k
 steps through ``stop_gradient``, so gradients flow at most k steps back (the
-k1 = k2 = k form of Williams & Peng 1990). ``truncation=0`` is full BPTT.
-The forward values are the same either way.
+k1 = k2 = k form of Williams & Peng 1990). ``truncation_k2 > truncation`` gives
+the general TBPTT(k1, k2): the errors of each chunk of k1 steps flow back k2
+steps (`scan_cell_tbptt`). ``truncation=0`` is full BPTT. The forward values
+are the same in every case.
 
 Gate activations (LSTM i, f, o, c; GRU r, u) of every step are stored with
 ``sow`` in the ``intermediates`` collection when ``collect_gates=True``.
@@ -75,6 +77,55 @@ def scan_cell(step, xp, carry0, mask, truncation: int = 0, unroll: int = 1, prob
   return jnp.swapaxes(ys, 0, 1), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), aux), carry
 
 
+def scan_cell_tbptt(step, xp, carry0, mask, k1: int, k2: int, unroll: int = 1):
+  """Truncated BPTT(k1, k2) of Williams & Peng (1990): every k1 steps, backpropagate
+  the errors of those k1 steps through the last k2 >= k1 steps.
+
+  The forward pass is computed once without gradient to get every carry; then
+  each chunk [j k1, (j+1) k1) is recomputed from the (gradient-stopped) carry
+  k2 - k1 steps before it, over a window of k2 steps, keeping the outputs of
+  its last k1 steps. Values equal those of `scan_cell`; the gradient of an
+  output in chunk j reaches back to step (j+1) k1 - k2 and no further. Costs
+  about k2 / k1 times a full pass. Returns (outputs, per-step aux, final carry)."""
+  B, T = xp.shape[:2]
+  if not 0 < k1 <= k2:
+    raise ValueError(f'truncated BPTT needs 0 < k1 <= k2, got k1={k1}, k2={k2}')
+  n = -(-T // k1)  # chunks
+  lead, tail = k2 - k1, n * k1 - T
+  # Carries after each step, without gradient (carry_before[t] = state entering step t).
+  _, _, _, carries = _scan_with_carries(step, jax.lax.stop_gradient(xp), carry0, mask, unroll)
+  carries = jax.lax.stop_gradient(carries)  # pytree, leaves (T, B, ...)
+  before = jax.tree.map(lambda c0, c: jnp.concatenate([c0[None], c[:-1]], 0), carry0, carries)
+  # Left-pad time by `lead` masked steps (the carry passes unchanged through them) and
+  # right-pad to whole chunks, then cut windows of k2 steps starting every k1 steps.
+  pad = lambda a, v: jnp.pad(a, [(0, 0), (lead, tail)] + [(0, 0)] * (a.ndim - 2),
+                             constant_values=v)
+  xp_p, mask_p = pad(xp, 0), pad(mask, False)
+  idx = jnp.arange(n)[:, None] * k1 + jnp.arange(k2)[None, :]  # (n, k2) into padded time
+  xw = jnp.swapaxes(xp_p[:, idx], 0, 1)  # (n, B, k2, K)
+  mw = jnp.swapaxes(mask_p[:, idx], 0, 1)
+  start = jnp.arange(n) * k1 - lead  # original step where each window starts
+  c_start = jax.tree.map(
+      lambda c0, b: jnp.where((start >= 0).reshape((n,) + (1,) * c0.ndim),
+                              b[jnp.clip(start, 0, T - 1)], c0[None]), carry0, before)
+  ys, aux, finals = jax.vmap(lambda x, c, m: scan_cell(step, x, c, m, 0, unroll))(
+      xw, c_start, mw)
+  keep = lambda a: jnp.swapaxes(a[:, :, lead:], 0, 1).reshape((B, n * k1) + a.shape[3:])[:, :T]
+  final = jax.tree.map(lambda f: f[-1], finals)
+  return keep(ys), jax.tree.map(keep, aux), final
+
+
+def _scan_with_carries(step, xp, carry0, mask, unroll):
+  def body(carry, inp):
+    xp_t, m_t = inp
+    new, (y, aux) = step(carry, xp_t)
+    carry = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o), new, carry)
+    return carry, carry
+  final, carries = jax.lax.scan(body, carry0, (jnp.swapaxes(xp, 0, 1), jnp.swapaxes(mask, 0, 1)),
+                                unroll=unroll)
+  return None, None, final, carries
+
+
 def last_valid(x: jnp.ndarray, lengths: jnp.ndarray | None) -> jnp.ndarray:
   """x[b, lengths[b] - 1] (the last step when lengths is None)."""
   if lengths is None:
@@ -95,6 +146,7 @@ class Recurrent(nn.Module):
   num_layers: int = 1
   bidirectional: bool = False
   truncation: int = 0
+  truncation_k2: int = 0  # > truncation: TBPTT(k1=truncation, k2) (see scan_cell_tbptt)
   unroll: int = 1
   collect_gates: bool = False
   probe_carry: bool = False  # add zero 'perturbations' to every carry (see analysis.gradients)
@@ -117,7 +169,13 @@ class Recurrent(nn.Module):
         if self.probe_carry:
           zeros = jax.tree.map(lambda c: jnp.zeros((T,) + c.shape, c.dtype), c0)
           probe = self.perturb(f'carry_layer{layer}_{direction}', zeros)
-        ys, aux, _ = scan_cell(step, xp, c0, mask, self.truncation, self.unroll, probe)
+        if self.truncation_k2 and self.truncation_k2 != self.truncation:
+          if probe is not None:
+            raise ValueError('probe_carry is not supported with truncation_k2')
+          ys, aux, _ = scan_cell_tbptt(step, xp, c0, mask, self.truncation, self.truncation_k2,
+                                       self.unroll)
+        else:
+          ys, aux, _ = scan_cell(step, xp, c0, mask, self.truncation, self.unroll, probe)
         if self.collect_gates:
           self.sow('intermediates', f'gates_layer{layer}_{direction}', aux)
         finals.append(last_valid(ys, lengths))
@@ -141,6 +199,7 @@ class RNNClassifier(nn.Module):
   bidirectional: bool = True
   readout: str = 'flatten'
   truncation: int = 0
+  truncation_k2: int = 0
   cell_options: Any = None
   num_outputs: int = 10
   unroll: int = 1  # time steps per scan iteration (speed only; the values are the same)
@@ -150,7 +209,8 @@ class RNNClassifier(nn.Module):
   def __call__(self, x, train: bool = False, lengths=None):
     x = as_channels_last(x)
     h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
-                         self.truncation, unroll=self.unroll, probe_carry=self.probe_carry,
+                         self.truncation, self.truncation_k2, unroll=self.unroll,
+                         probe_carry=self.probe_carry,
                          cell_options=self.cell_options)(x, lengths)
     return nn.Dense(self.num_outputs)(readout(h, final, lengths, self.readout))
 
