@@ -89,3 +89,13 @@ def test_music_studies_smoke_on_a_generated_file(tmp_path):
     assert all(np.isfinite(r['value']) for r in out['rows'])
   cfg = json.loads((tmp_path / 'rnn_music' / 'gru_small' / 'config.json').read_text())
   assert cfg['data']['path'] == str(tmp_path / 'jsb.mat')
+
+
+def test_rnn_music_picks_the_learning_rate_by_validation_only():
+  from research.experiments.rnn_music import select_lr
+  m = lambda lr, val, test, div=False: {'hparams': {'optim.lr': lr}, 'val/loss': val,
+                                        'test/loss': test, 'diverged': div}
+  members = [m(1e-3, 9.0, 7.0), m(1e-3, 9.2, 7.1), m(1e-2, 8.8, 9.5), m(1e-2, 8.9, 9.6),
+             m(1e-2, float('nan'), float('nan'), div=True)]
+  lr, chosen = select_lr(members)
+  assert lr == 1e-2 and [c['test/loss'] for c in chosen] == [9.5, 9.6]
