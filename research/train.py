@@ -254,8 +254,11 @@ def _check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     if saved != current:
       a = configlib.flatten(ml_collections.ConfigDict(saved))
       b = configlib.flatten(ml_collections.ConfigDict(current))
+      # A key the saved run lacks is an option added to the code since; at an 'off'
+      # value (0, False, '', None) it computes what the saved run computed.
+      added_off = {k for k in set(b) - set(a) if b[k] in (0, False, '', None)}
       diff = sorted(k for k in set(a) | set(b)
-                    if a.get(k) != b.get(k) and k not in RESUME_MAY_DIFFER)
+                    if a.get(k) != b.get(k) and k not in RESUME_MAY_DIFFER | added_off)
       if not diff:
         return
       raise ValueError(

@@ -97,6 +97,13 @@ def test_resume_with_other_config_is_refused(tmp_path):
   # The progress bar is not part of what a run computes: toggling it still resumes.
   out = train_and_evaluate(small_config(**{'train.epochs': 1, 'train.progress': True}), tmp_path)
   assert out['num_members'] == 1
+  # An option added to the code since the run was saved, left off, resumes too; set, it does not.
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  del saved['train']['input_noise']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  train_and_evaluate(small_config(**{'train.epochs': 1}), tmp_path)
+  with pytest.raises(ValueError, match=r'input_noise'):
+    train_and_evaluate(small_config(**{'train.epochs': 1, 'train.input_noise': 0.1}), tmp_path)
 
 
 def test_update_best_and_early_stopping():
