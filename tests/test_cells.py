@@ -101,16 +101,21 @@ def test_forget_and_input_bias_init():
                                              np.zeros(H)]))  # gate order z, i, f, o
 
 
+def _run_flax_cell(ref_cell, xs, key):
+  """Randomised parameters of a Flax cell and its outputs over xs, step by step."""
+  carry = ref_cell.initialize_carry(jax.random.PRNGKey(0), (B, D))
+  ref_p = _randomize(ref_cell.init(jax.random.PRNGKey(1), carry, xs[:, 0])['params'], key)
+  ref_out = []
+  for t in range(xs.shape[1]):
+    carry, y = ref_cell.apply({'params': ref_p}, carry, xs[:, t])
+    ref_out.append(y)
+  return ref_p, ref_out
+
+
 def test_standard_lstm_matches_flax_optimized_cell():
   xs = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
   ref_cell = nn.OptimizedLSTMCell(H)
-  carry = ref_cell.initialize_carry(jax.random.PRNGKey(0), (B, D))
-  ref_p = _randomize(ref_cell.init(jax.random.PRNGKey(1), carry, xs[:, 0])['params'],
-                     jax.random.PRNGKey(3))
-  ref_out = []
-  for t in range(T):
-    carry, y = ref_cell.apply({'params': ref_p}, carry, xs[:, t])
-    ref_out.append(y)
+  ref_p, ref_out = _run_flax_cell(ref_cell, xs, jax.random.PRNGKey(3))
   order = ['g', 'i', 'f', 'o']  # our gate order z, i, f, o
   ours = {'W': jnp.concatenate([ref_p[f'i{g}']['kernel'] for g in order], 1),
           'R': jnp.concatenate([ref_p[f'h{g}']['kernel'] for g in order], 1),
@@ -122,13 +127,7 @@ def test_standard_lstm_matches_flax_optimized_cell():
 def test_gru_matches_flax_gru_cell():
   xs = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
   ref_cell = nn.GRUCell(H)
-  carry = ref_cell.initialize_carry(jax.random.PRNGKey(0), (B, D))
-  ref_p = _randomize(ref_cell.init(jax.random.PRNGKey(1), carry, xs[:, 0])['params'],
-                     jax.random.PRNGKey(4))
-  ref_out = []
-  for t in range(T):
-    carry, y = ref_cell.apply({'params': ref_p}, carry, xs[:, t])
-    ref_out.append(y)
+  ref_p, ref_out = _run_flax_cell(ref_cell, xs, jax.random.PRNGKey(4))
   ours = {'W': jnp.concatenate([ref_p[k]['kernel'] for k in ('ir', 'iz', 'in')], 1),
           'b': jnp.concatenate([ref_p[k]['bias'] for k in ('ir', 'iz', 'in')]),
           'R': jnp.concatenate([ref_p[k]['kernel'] for k in ('hr', 'hz', 'hn')], 1),

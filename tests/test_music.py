@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import scipy.io
 
-from research import cli, population
+from research import cli
 from research.data import load_dataset
-from research.tasks import make_task
-from research.train import Trainer, batch_split, train_and_evaluate
+from research.train import batch_split, train_and_evaluate
+from tests.test_train import setup_trainer
 
 
 def write_mat(path, lengths=((7, 5, 9), (4, 6), (8, 3)), seed=0, keys=88):
@@ -68,12 +68,7 @@ def test_split_nll_is_per_frame_summed_over_keys(tmp_path):
   (not a mean of per-sequence means), in float64 NumPy; padding changes nothing."""
   write_mat(tmp_path / 'm.mat')
   c = music_config(tmp_path / 'm.mat')
-  task = make_task(c.task)
-  members = population.expand(c, task.hparam_keys)
-  ds = load_dataset(c.data)
-  trainer = Trainer(c, ds, members, task)
-  hp = jax.tree.map(jnp.asarray, population.stack(members))
-  state = trainer.init(hp)
+  trainer, ds, hp, state = setup_trainer(c)
   split = ds.train
   got = trainer.evaluate(state.params, state.model_state, hp, batch_split(split, 2))
   logits = np.asarray(trainer.model.apply(

@@ -38,6 +38,16 @@ def small_config(**overrides):
   return c
 
 
+def setup_trainer(config):
+  """The Trainer of ``config``, its dataset, stacked member hparams and initial state."""
+  task = make_task(config.task)
+  members = population.expand(config, task.hparam_keys)
+  ds = load_dataset(config.data)
+  trainer = Trainer(config, ds, members, task)
+  hp = jax.tree.map(jnp.asarray, population.stack(members))
+  return trainer, ds, hp, trainer.init(hp)
+
+
 def member_metrics(out):
   return [{k: v for k, v in m.items() if '/' in k} for m in out['members']]
 
@@ -108,12 +118,7 @@ def test_resume_with_other_config_is_refused(tmp_path):
 
 def test_update_best_and_early_stopping():
   c = small_config(**{'train.patience': 2})
-  task = make_task(c.task)
-  members = population.expand(c, task.hparam_keys)
-  ds = load_dataset(c.data)
-  trainer = Trainer(c, ds, members, task)
-  hp = jax.tree.map(jnp.asarray, population.stack(members))
-  state = trainer.init(hp)
+  trainer, ds, hp, state = setup_trainer(c)
   snapshots = {}
   for epoch, metric in enumerate([0.5, 0.7, 0.6, 0.65], start=1):
     # Give every epoch distinct parameters so we can tell which were kept.
@@ -130,12 +135,7 @@ def test_update_best_and_early_stopping():
 
 def test_evaluate_ignores_padding():
   c = small_config()
-  task = make_task(c.task)
-  members = population.expand(c, task.hparam_keys)
-  ds = load_dataset(c.data)
-  trainer = Trainer(c, ds, members, task)
-  hp = jax.tree.map(jnp.asarray, population.stack(members))
-  state = trainer.init(hp)
+  trainer, ds, hp, state = setup_trainer(c)
   split = ds.test  # 100 examples: batches of 30 leave 20 padded slots
   padded = trainer.evaluate(state.params, state.model_state, hp, batch_split(split, 30))
   whole = trainer.evaluate(state.params, state.model_state, hp, batch_split(split, len(split['x'])))

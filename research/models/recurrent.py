@@ -93,7 +93,7 @@ def scan_cell_tbptt(step, xp, carry0, mask, k1: int, k2: int, unroll: int = 1):
   n = -(-T // k1)  # chunks
   lead, tail = k2 - k1, n * k1 - T
   # Carries after each step, without gradient (carry_before[t] = state entering step t).
-  _, _, _, carries = _scan_with_carries(step, jax.lax.stop_gradient(xp), carry0, mask, unroll)
+  carries = _carries(step, jax.lax.stop_gradient(xp), carry0, mask, unroll)
   carries = jax.lax.stop_gradient(carries)  # pytree, leaves (T, B, ...)
   before = jax.tree.map(lambda c0, c: jnp.concatenate([c0[None], c[:-1]], 0), carry0, carries)
   # Left-pad time by `lead` masked steps (the carry passes unchanged through them) and
@@ -115,15 +115,16 @@ def scan_cell_tbptt(step, xp, carry0, mask, k1: int, k2: int, unroll: int = 1):
   return keep(ys), jax.tree.map(keep, aux), final
 
 
-def _scan_with_carries(step, xp, carry0, mask, unroll):
+def _carries(step, xp, carry0, mask, unroll):
+  """The masked carry after every step, with a leading time axis."""
   def body(carry, inp):
     xp_t, m_t = inp
-    new, (y, aux) = step(carry, xp_t)
+    new, _ = step(carry, xp_t)
     carry = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o), new, carry)
     return carry, carry
-  final, carries = jax.lax.scan(body, carry0, (jnp.swapaxes(xp, 0, 1), jnp.swapaxes(mask, 0, 1)),
-                                unroll=unroll)
-  return None, None, final, carries
+  _, carries = jax.lax.scan(body, carry0, (jnp.swapaxes(xp, 0, 1), jnp.swapaxes(mask, 0, 1)),
+                            unroll=unroll)
+  return carries
 
 
 def last_valid(x: jnp.ndarray, lengths: jnp.ndarray | None) -> jnp.ndarray:
