@@ -23,8 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = ''
 
-  # tolerance: |error| counted as a hit by regression tasks' within_tol metric
-  c.task = ml_collections.ConfigDict(dict(kind='classify', label_smoothing=0.0, tolerance=0.04))
+  # tolerance: |error| counted as a hit by regression tasks' within_tol metric;
+  # select: the metric for model selection / early stopping ('' = the task's own)
+  c.task = ml_collections.ConfigDict(dict(kind='classify', label_smoothing=0.0, tolerance=0.04,
+                                          select=''))
   c.optim = optim.default_config()
 
   c.train = ml_collections.ConfigDict(dict(
@@ -33,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
       eval_every=1,  # epochs between evaluations (and checkpoints)
       eval_batch_size=1000,
       input_noise=0.0,  # std of Gaussian noise added to float training inputs (per member)
+      augment='',  # e.g. 'jitter=0.03,time_warp=0.2' (research/augment.py)
       patience=0,  # evaluations without validation improvement before a member stops; 0 = never
       checkpoint_keep=2,  # latest checkpoints kept; each holds every member's best params too
       progress=True,

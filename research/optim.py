@@ -57,10 +57,14 @@ def schedule_multiplier(config: ml_collections.ConfigDict, total_steps: int) -> 
 
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                     clip: bool | None = None, decay: bool | None = None,
-                    momentum: bool | None = None) -> optax.GradientTransformationExtraArgs:
+                    momentum: bool | None = None,
+                    steps_per_epoch: int = 1) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer. ``clip``/``decay``/``momentum`` force those stages
   in or out (a population includes them when any member uses them; a member
-  with momentum 0 inside a momentum stage steps exactly like plain SGD)."""
+  with momentum 0 inside a momentum stage steps exactly like plain SGD).
+  For 'plateau', ``plateau_window=0`` averages the loss over one epoch
+  (``steps_per_epoch`` updates), so ``plateau_patience`` counts epochs, as
+  Keras' ReduceLROnPlateau does."""
   if config.name not in OPTIMIZERS:
     raise ValueError(f'Unknown optim.name {config.name!r}; known: {list(OPTIMIZERS)}')
   clip = config.clip_norm > 0 if clip is None else clip
@@ -86,7 +90,9 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int,
     if config.schedule == 'plateau':
       parts.append(optax.contrib.reduce_on_plateau(
           factor=config.decay_rate, patience=config.plateau_patience,
-          cooldown=config.plateau_cooldown, accumulation_size=config.plateau_window))
+          cooldown=config.plateau_cooldown,
+          accumulation_size=config.plateau_window or steps_per_epoch,
+          min_scale=config.get('plateau_min_scale', 0.0)))
     parts.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)
 
@@ -118,5 +124,5 @@ def default_config() -> ml_collections.ConfigDict:
       weight_decay=0.0, clip_norm=0.0,
       schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
       decay_steps=1000, decay_rate=0.5,
-      plateau_patience=10, plateau_cooldown=0, plateau_window=1,
+      plateau_patience=10, plateau_cooldown=0, plateau_window=1, plateau_min_scale=0.0,
   ))

@@ -103,7 +103,28 @@ def mean_over_batch(per: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
 KINDS = ('classify', 'regress', 'sequence_classify', 'multilabel_sequence')
 
 
+MAXIMIZED = ('accuracy', 'seq_accuracy', 'within_tol')
+
+
 def make_task(config: ml_collections.ConfigDict) -> Task:
+  """The task of ``config.kind``; ``config.select`` (optional) replaces its
+  model-selection metric, e.g. 'loss' to select on the training loss when
+  there is no validation split (the protocol of Fawaz et al. 2019 for UCR)."""
+  task = _make_task(config)
+  select = config.get('select', '')
+  if select:
+    known = {'classify': ('loss', 'accuracy'), 'regress': ('loss', 'mse', 'within_tol'),
+             'sequence_classify': ('loss', 'accuracy', 'seq_accuracy'),
+             'multilabel_sequence': ('loss', 'accuracy')}[task.kind]
+    if select not in known:
+      raise ValueError(f'task.select={select!r} is not a metric of task {task.kind!r}; '
+                       f'choose from {list(known)}')
+    task = dataclasses.replace(task, select_metric=select,
+                               select_mode='max' if select in MAXIMIZED else 'min')
+  return task
+
+
+def _make_task(config: ml_collections.ConfigDict) -> Task:
   if config.kind == 'classify':
     return Task('classify', _classify, ('task.label_smoothing',), 'accuracy', 'max')
   if config.kind == 'regress':

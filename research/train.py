@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from research import checkpoint as ckpt_lib
-from research import configlib, optim, population, results
+from research import augment, configlib, optim, population, results
 from research.data import Dataset, load_dataset
 from research.models import build_model
 from research.tasks import Task, make_task, mean_over_batch
@@ -92,11 +92,13 @@ class Trainer:
         config.optim, self.total_steps,
         clip=any(m['optim.clip_norm'] > 0 for m in members),
         decay=any(m['optim.weight_decay'] > 0 for m in members),
-        momentum=any(m['optim.momentum'] > 0 for m in members))
+        momentum=any(m['optim.momentum'] > 0 for m in members),
+        steps_per_epoch=self.steps_per_epoch)
     self.sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
     self.maximize = task.select_mode == 'max'
     self.patience = int(config.train.patience)
     self.input_noise = any(m['train.input_noise'] > 0 for m in members)
+    self.augment = augment.parse(config.train.get('augment', ''))
 
     self.init = jax.jit(jax.vmap(self.init_member))
     self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, 0, None)),
@@ -135,6 +137,9 @@ class Trainer:
 
   def train_step(self, state: MemberState, batch: dict, hp: dict):
     rng, drop_rng, noise_rng = jax.random.split(state.rng, 3)
+    if self.augment:
+      batch = {**batch, 'x': augment.apply(jax.random.fold_in(noise_rng, 1), batch['x'],
+                                           batch.get('lengths'), self.augment)}
     if self.input_noise and jnp.issubdtype(batch['x'].dtype, jnp.floating):
       noise = jax.random.normal(noise_rng, batch['x'].shape, batch['x'].dtype)
       batch = {**batch, 'x': batch['x'] + hp['train.input_noise'] * noise}
@@ -440,7 +445,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   for gname, idx in groups.items():
     name = config.experiment + (f'[{gname}]' if gname else '')
     ok = [i for i in idx if not member_results[i]['diverged']]
-    for key in dict.fromkeys(('test/' + task.select_metric, 'test/loss')):
+    # The selection metric, the task's headline metrics, and the loss (each once).
+    keys = ['test/' + task.select_metric] + [f'test/{k}' for k in ('accuracy', 'mse')
+                                             if f'test/{k}' in member_results[0]]
+    # (a regression's loss is its MSE: not listed twice)
+    for key in dict.fromkeys(keys + ([] if task.kind == 'regress' else ['test/loss'])):
       rows.append(results.row(name, key.replace('/', '_'), [member_results[i][key] for i in ok]))
   n_params = sum(x.size for x in jax.tree.leaves(state.params)) // K
   out = results.write(

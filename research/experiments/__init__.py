@@ -13,6 +13,7 @@ EXPERIMENTS = {
     'rnn_music': 'research.experiments.rnn_music',
     'bptt': 'research.experiments.bptt',
     'lstm_variants': 'research.experiments.lstm_variants',
+    'ucr': 'research.experiments.ucr',
 }
 
 

@@ -21,6 +21,8 @@ MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.ConvNet1D,
     'rnn': recurrent.RNNClassifier,
     'cnn_rnn': hybrid.CNNRNN,
+    'fcn': cnn.FCN,
+    'lstm_fcn': hybrid.LSTMFCN,
 }
 
 
