@@ -99,3 +99,12 @@ def test_rnn_music_picks_the_learning_rate_by_validation_only():
              m(1e-2, float('nan'), float('nan'), div=True)]
   lr, chosen = select_lr(members)
   assert lr == 1e-2 and [c['test/loss'] for c in chosen] == [9.5, 9.6]
+
+
+@pytest.mark.slow
+def test_ucr_smoke_writes_the_table(tmp_path):
+  _reproduce(tmp_path, '--experiment=ucr', f'--workdir={tmp_path}')
+  out = results.read(tmp_path / 'results.json')
+  assert len(out['rows']) == 2 * 3  # 2 sets x 3 models
+  assert all(0 <= r['value'] <= 1 for r in out['rows'])
+  assert (tmp_path / 'report.md').read_text().count('| ItalyPowerDemand |') == 1

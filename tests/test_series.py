@@ -250,3 +250,22 @@ def test_select_metric_override():
   base.select = 'bleu'
   with pytest.raises(ValueError, match='not a metric'):
     make_task(base)
+
+
+def test_ucr_config_trains_with_augmentation_and_selects_on_training_loss(tmp_path):
+  from research import cli
+  from research.train import train_and_evaluate
+  config = cli.load_config('configs/ucr.py', 'model=lstm_fcn_t,dataset=JapaneseVowels,quick=True,'
+                           'augment=jitter=0.03+time_warp=0.2')
+  assert config.train.augment == 'jitter=0.03,time_warp=0.2'
+  config.train.progress = False
+  out = train_and_evaluate(config, tmp_path)
+  metrics = {r['metric'] for r in out['rows']}
+  assert metrics == {'test_loss', 'test_accuracy'}
+  # No validation split: selection ran on the training split, and no test value was logged
+  # before the end.
+  import json
+  recs = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert all('train/loss' in r and not any(k.startswith(('test/', 'val/')) for k in r)
+             for r in recs)
+  assert all(0 <= m['test/accuracy'] <= 1 for m in out['members'])
