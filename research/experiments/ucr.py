@@ -51,16 +51,15 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   b = BUDGETS[budget]
   t0 = time.time()
   rows, extra, table = [], {}, {}
-  for ds in b['datasets']:
-    runs = {}
-    for model in b['models']:
+  # Model-major order: the cheap convolutional models finish on every set first.
+  for model in b['models']:
+    for ds in b['datasets']:
       config = cli.load_config('configs/ucr.py', f'model={model},dataset={ds},'
                                f'epochs={b["epochs"][ds]}')
       config.population = f'seed={b["seeds"]}'
       config.train.progress = budget == 'full'
       t = time.time()
       out = train_and_evaluate(config, workdir / f'{ds}_{model}')
-      runs[MODELS[model]] = workdir / f'{ds}_{model}'
       accs = [m['test/accuracy'] for m in out['members'] if not m['diverged']]
       pub, src = PUBLISHED.get((ds, model), (None, None))
       name = f'{ds} {MODELS[model]}'
@@ -69,7 +68,9 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
                      'compile_time_s': out['compile_time_s'], 'wall_s': time.time() - t,
                      'best_epochs': [m['best_epoch'] for m in out['members']]}
       table[(ds, model)] = accs
-    curves.plot_curves(runs, 'train/loss', workdir / f'{ds}_curves.png',
+  for ds in b['datasets']:
+    curves.plot_curves({MODELS[m]: workdir / f'{ds}_{m}' for m in b['models']}, 'train/loss',
+                       workdir / f'{ds}_curves.png',
                        title=f'{ds}: training loss (mean ± std over seeds)')
   wall = time.time() - t0
   out = results.write(workdir / 'results.json', 'ucr', rows, budget=budget, wall_time_s=wall,
