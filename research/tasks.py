@@ -25,6 +25,7 @@ class Task:
   hparam_keys: tuple[str, ...]  # dotted config keys that may vary per member
   select_metric: str  # the validation metric used for early stopping / best
   select_mode: str  # 'max' or 'min'
+  metrics: tuple[str, ...] = ('loss',)  # the per-example values a task reports
 
 
 def _classify(outputs, batch, hp):
@@ -113,12 +114,9 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
   task = _make_task(config)
   select = config.get('select', '')
   if select:
-    known = {'classify': ('loss', 'accuracy'), 'regress': ('loss', 'mse', 'within_tol'),
-             'sequence_classify': ('loss', 'accuracy', 'seq_accuracy'),
-             'multilabel_sequence': ('loss', 'accuracy')}[task.kind]
-    if select not in known:
+    if select not in task.metrics:
       raise ValueError(f'task.select={select!r} is not a metric of task {task.kind!r}; '
-                       f'choose from {list(known)}')
+                       f'choose from {list(task.metrics)}')
     task = dataclasses.replace(task, select_metric=select,
                                select_mode='max' if select in MAXIMIZED else 'min')
   return task
@@ -126,13 +124,16 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
 
 def _make_task(config: ml_collections.ConfigDict) -> Task:
   if config.kind == 'classify':
-    return Task('classify', _classify, ('task.label_smoothing',), 'accuracy', 'max')
+    return Task('classify', _classify, ('task.label_smoothing',), 'accuracy', 'max',
+                ('loss', 'accuracy'))
   if config.kind == 'regress':
     tol = float(config.get('tolerance', 0.04))
-    return Task('regress', lambda o, b, hp: _regress(o, b, hp, tol), (), 'mse', 'min')
+    return Task('regress', lambda o, b, hp: _regress(o, b, hp, tol), (), 'mse', 'min',
+                ('loss', 'mse', 'within_tol'))
   if config.kind == 'sequence_classify':
     return Task('sequence_classify', _sequence_classify, ('task.label_smoothing',),
-                'loss', 'min')
+                'loss', 'min', ('loss', 'accuracy', 'seq_accuracy'))
   if config.kind == 'multilabel_sequence':
-    return Task('multilabel_sequence', _multilabel_sequence, (), 'loss', 'min')
+    return Task('multilabel_sequence', _multilabel_sequence, (), 'loss', 'min',
+                ('loss', 'accuracy'))
   raise ValueError(f'Unknown task kind {config.kind!r}; known: {list(KINDS)}')

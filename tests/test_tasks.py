@@ -34,3 +34,20 @@ def test_multilabel_sequence_nll_against_numpy():
   nll = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(-1)  # (2, 5)
   np.testing.assert_allclose(per['loss'], [nll[0].mean(), nll[1, :2].mean()], rtol=1e-5)
   np.testing.assert_array_equal(per['weight'], [5, 2])
+
+
+def test_each_task_lists_exactly_the_metrics_it_reports():
+  import ml_collections
+  from research.tasks import KINDS, make_task
+  B, T, C = 3, 4, 5
+  samples = {
+      'classify': (jnp.zeros((B, C)), {'y': jnp.zeros(B, jnp.int32)}),
+      'regress': (jnp.zeros(B), {'y': jnp.zeros(B)}),
+      'sequence_classify': (jnp.zeros((B, T, C)), {'y': jnp.zeros((B, T), jnp.int32)}),
+      'multilabel_sequence': (jnp.zeros((B, T, C)), {'y': jnp.zeros((B, T, C))}),
+  }
+  for kind in KINDS:
+    task = make_task(ml_collections.ConfigDict(dict(kind=kind, label_smoothing=0.0)))
+    out, batch = samples[kind]
+    per = task.per_example(out, batch, {'task.label_smoothing': 0.0})
+    assert set(per) - {'weight'} == set(task.metrics), kind
