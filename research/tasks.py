@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -92,6 +93,62 @@ def _multilabel_sequence(outputs, batch, hp):
           'weight': valid.sum(-1).astype(jnp.float32)}
 
 
+ANNEALING = ('none', 'linear', 'sigmoid', 'cyclical')
+
+
+def kl_weight(kind: str, step, steps, ratio: float = 0.5):
+  """The KL annealing multiplier in [0, 1] at training step ``step``.
+
+  ``linear``: min(1, step / steps) (Bowman et al. 2016, "Generating Sentences
+  from a Continuous Space"); ``sigmoid``: 1 / (1 + exp(-10 (step / steps -
+  1/2))) until ``steps``, then 1 (their logistic schedule); ``cyclical``: the
+  schedule of Fu et al. 2019 ("Cyclical Annealing Schedule"), period
+  ``steps``: min(1, tau / ratio) with tau = (step mod steps) / steps. With
+  ``steps`` = 0, or without a step (evaluation), the weight is 1.
+  """
+  if kind not in ANNEALING:
+    raise ValueError(f'Unknown task.anneal {kind!r}; known: {list(ANNEALING)}')
+  if kind == 'none' or step is None:
+    return jnp.float32(1.0)
+  steps = jnp.asarray(steps, jnp.float32)
+  t = jnp.asarray(step, jnp.float32) / jnp.maximum(steps, 1.0)
+  if kind == 'linear':
+    w = jnp.clip(t, 0.0, 1.0)
+  elif kind == 'sigmoid':
+    w = jnp.where(t >= 1.0, 1.0, jax.nn.sigmoid(10.0 * (t - 0.5)))
+  else:
+    w = jnp.minimum(1.0, (t - jnp.floor(t)) / ratio)
+  return jnp.where(steps > 0, w, 1.0)
+
+
+def _elbo(outputs, batch, hp, anneal='none', anneal_ratio=0.5):
+  """Negative ELBO and the training objective of a VAE (`research.models.vae`).
+
+  ``outputs``: ``log_px`` (B,), a one-sample estimate of log p(x|z), and
+  ``kl`` (B, L), KL(q(z|x) || p(z)) per latent unit in closed form.
+  Reported per example (nats): ``recon`` = -log p(x|z), ``kl`` = sum of
+  ``kl``, ``nelbo`` = recon + kl (the negative ELBO, an upper bound on
+  -log p(x)), and ``loss`` = recon + beta * w(step) * KL_fb, the objective:
+  beta (Higgins et al. 2017, beta-VAE), the annealing weight w (`kl_weight`;
+  1 in evaluation) and free bits lambda (Kingma et al. 2016, IAF, Eq. 15):
+  KL_fb = sum_j max(lambda, E_batch[KL_j]), so a unit whose batch-mean KL is
+  below lambda costs the constant lambda and gets no KL gradient. (The
+  per-example value is KL_ij where the batch mean of unit j is >= lambda and
+  lambda elsewhere: its batch mean is exactly KL_fb.) Batch means use the
+  evaluation weights ``w`` when the batch carries them (padding excluded).
+  """
+  recon = -outputs['log_px']
+  kl_units = outputs['kl']
+  kl = jnp.sum(kl_units, -1)
+  w = batch.get('w', jnp.ones(kl_units.shape[:1], kl_units.dtype))
+  unit_mean = jnp.sum(kl_units * w[:, None], 0) / jnp.maximum(jnp.sum(w), 1e-12)
+  free_bits = hp['task.free_bits']
+  kl_obj = jnp.sum(jnp.where(unit_mean[None, :] >= free_bits, kl_units, free_bits), -1)
+  weight = hp['task.beta'] * kl_weight(anneal, hp.get('step'), hp['task.anneal_steps'],
+                                       anneal_ratio)
+  return {'loss': recon + weight * kl_obj, 'nelbo': recon + kl, 'recon': recon, 'kl': kl}
+
+
 def mean_over_batch(per: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
   """Batch means of per-example values, weighted by ``per['weight']`` if present."""
   if 'weight' not in per:
@@ -101,7 +158,7 @@ def mean_over_batch(per: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
   return {k: jnp.sum(v * w) / total for k, v in per.items() if k != 'weight'}
 
 
-KINDS = ('classify', 'regress', 'sequence_classify', 'multilabel_sequence')
+KINDS = ('classify', 'regress', 'sequence_classify', 'multilabel_sequence', 'elbo')
 
 
 MAXIMIZED = ('accuracy', 'seq_accuracy', 'within_tol')
@@ -136,4 +193,11 @@ def _make_task(config: ml_collections.ConfigDict) -> Task:
   if config.kind == 'multilabel_sequence':
     return Task('multilabel_sequence', _multilabel_sequence, (), 'loss', 'min',
                 ('loss', 'accuracy'))
+  if config.kind == 'elbo':
+    anneal = config.get('anneal', 'none')
+    kl_weight(anneal, None, 0)  # validates the name
+    ratio = float(config.get('anneal_ratio', 0.5))
+    return Task('elbo', lambda o, b, hp: _elbo(o, b, hp, anneal, ratio),
+                ('task.beta', 'task.free_bits', 'task.anneal_steps'), 'nelbo', 'min',
+                ('loss', 'nelbo', 'recon', 'kl'))
   raise ValueError(f'Unknown task kind {config.kind!r}; known: {list(KINDS)}')

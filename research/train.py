@@ -128,7 +128,9 @@ class Trainer:
   def _apply(self, params, model_state, batch, train: bool, rng=None):
     """Runs the model on ``batch['x']`` (and ``lengths`` for variable-length data)."""
     variables = {'params': params, **model_state}
-    rngs = {'dropout': rng} if rng is not None else None
+    # 'sample': noise a model draws itself (a VAE's reparameterisation)
+    rngs = ({'dropout': rng, 'sample': jax.random.fold_in(rng, 1)}
+            if rng is not None else None)
     extra = {'lengths': batch['lengths']} if 'lengths' in batch else {}
     if train and model_state:
       return self.model.apply(variables, batch['x'], train=True, rngs=rngs,
@@ -146,7 +148,7 @@ class Trainer:
 
     def loss_fn(params):
       out, new_model_state = self._apply(params, state.model_state, batch, True, drop_rng)
-      per = self.task.per_example(out, batch, hp)
+      per = self.task.per_example(out, batch, {**hp, 'step': state.step})  # step: KL annealing
       metrics = mean_over_batch(per)
       return metrics['loss'], (metrics, new_model_state)
 

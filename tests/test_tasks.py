@@ -45,9 +45,11 @@ def test_each_task_lists_exactly_the_metrics_it_reports():
       'regress': (jnp.zeros(B), {'y': jnp.zeros(B)}),
       'sequence_classify': (jnp.zeros((B, T, C)), {'y': jnp.zeros((B, T), jnp.int32)}),
       'multilabel_sequence': (jnp.zeros((B, T, C)), {'y': jnp.zeros((B, T, C))}),
+      'elbo': ({'log_px': jnp.zeros(B), 'kl': jnp.zeros((B, C))}, {}),
   }
   for kind in KINDS:
     task = make_task(ml_collections.ConfigDict(dict(kind=kind, label_smoothing=0.0)))
     out, batch = samples[kind]
-    per = task.per_example(out, batch, {'task.label_smoothing': 0.0})
+    per = task.per_example(out, batch, {'task.label_smoothing': 0.0, 'task.beta': 1.0,
+                                        'task.free_bits': 0.0, 'task.anneal_steps': 0})
     assert set(per) - {'weight'} == set(task.metrics), kind

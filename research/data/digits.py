@@ -81,3 +81,37 @@ def load(config: ml_collections.ConfigDict) -> data.Dataset:
   return data.Dataset(
       name=config.name, train=splits['train'],
       val=splits['val'] if n_val > 0 else None, test=splits['test'], info=info)
+
+
+@data.register('digits_images')
+def load_images(config: ml_collections.ConfigDict) -> data.Dataset:
+  """The 8x8 digits as images for density models (Tomczak's digits protocol).
+
+  Tomczak ("Deep Generative Modeling", 2022, and the book's code) models
+  sklearn's digits with 17 grey levels (0..16) per pixel and splits them in
+  the package's order: the first 1000 images train, the next 350 validate,
+  the last 447 test. x is (N, 8, 8, 1) float32 holding the levels 0..16
+  (each likelihood maps them, see `research.models.vae`); y the digit labels.
+
+  Config keys (optional): ``split`` ('tomczak', the default; or 'shuffled'
+  with ``seed``: a permutation before the same 1000/350/447 cut) and
+  ``num_train`` (keep only the first n training images; 0 = all).
+  """
+  images, labels = _load_raw()
+  x = images.astype(np.float32).reshape(-1, 8, 8, 1)
+  y = labels.astype(np.int32)
+  split = config.get('split', 'tomczak')
+  if split == 'shuffled':
+    order = np.random.default_rng(int(config.get('seed', 0))).permutation(len(x))
+    x, y = x[order], y[order]
+  elif split != 'tomczak':
+    raise ValueError(f"digits_images: split must be 'tomczak' or 'shuffled', got {split!r}")
+  n_train = int(config.get('num_train', 0)) or 1000
+  if not 0 < n_train <= 1000:
+    raise ValueError(f'digits_images: num_train must be in 1..1000, got {n_train}')
+  parts = {'train': slice(0, n_train), 'val': slice(1000, 1350), 'test': slice(1350, None)}
+  splits = {k: {'x': np.ascontiguousarray(x[s]), 'y': y[s]} for k, s in parts.items()}
+  info = {'task': 'elbo', 'image_shape': (8, 8, 1), 'num_levels': 17,
+          'input_shape': (8, 8, 1)}
+  return data.Dataset(name=config.name, train=splits['train'], val=splits['val'],
+                      test=splits['test'], info=info)

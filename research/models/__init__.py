@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from research.models import cnn, hybrid, recurrent, simple
+from research.models import cnn, hybrid, recurrent, simple, vae
 
 MODELS: dict[str, type[nn.Module]] = {
     'linear': simple.Linear,
@@ -23,6 +23,7 @@ MODELS: dict[str, type[nn.Module]] = {
     'cnn_rnn': hybrid.CNNRNN,
     'fcn': cnn.FCN,
     'lstm_fcn': hybrid.LSTMFCN,
+    'vae': vae.VAE,
 }
 
 

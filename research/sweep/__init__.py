@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps (grid, random, Bayesian via Optuna) that train populations."""

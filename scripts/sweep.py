@@ -1,0 +1,75 @@
+"""Sweep a config's search space with Optuna; batches of trials train as populations.
+
+  python scripts/sweep.py --config=configs/vae_digits.py --method=bayes --trials=64 \
+      --workdir=runs/sweep [--space=hpo] [--population_size=8] [--storage=sqlite]
+
+The space is the config file's ``get_search_space(--space)``. Re-running the same
+command resumes (finished trials are kept, interrupted ones retried); running it in
+two shells splits the work. ``--storage`` takes 'journal' (default, a file in the
+workdir), 'sqlite' or an SQLAlchemy URL (e.g. postgresql://...) for many machines.
+"""
+import importlib.util
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from research import cli
+from research.sweep import runner
+from research.sweep.space import SearchSpaceError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory (storage, runs, reports).')
+_METHOD = flags.DEFINE_enum('method', 'random', list(runner.METHODS), 'Search method.')
+_TRIALS = flags.DEFINE_integer('trials', 0, 'Trials in total (grid: 0 = the whole grid).')
+_SPACE = flags.DEFINE_string('space', None, "Argument of the config file's get_search_space.")
+_BATCH = flags.DEFINE_integer('population_size', 8,
+                              'Trials asked at a time; those sharing structure train as one '
+                              'vmapped population.')
+_STORAGE = flags.DEFINE_string('storage', 'journal', "'journal', 'sqlite' or an SQLAlchemy URL.")
+_STUDY = flags.DEFINE_string('study_name', 'sweep', 'Optuna study name inside the storage.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampler seed (random draws, TPE/GP).')
+_SAMPLER = flags.DEFINE_enum('sampler', 'tpe', list(runner.SAMPLERS),
+                             'Bayesian sampler: TPE, or GP (needs torch).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def load_space(config_file: str, arg):
+  path = Path(config_file)
+  if not path.exists():
+    path = cli.REPO / path
+  spec = importlib.util.spec_from_file_location(f'config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_search_space'):
+    raise SearchSpaceError(f'{config_file} defines no get_search_space(arg) function')
+  return module.get_search_space(arg)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.setup_logging()
+  ref = config_flags.get_config_filename(flags.FLAGS['config'])  # path[:variant]
+  config_file = ref.split(':')[0]
+  overrides = config_flags.get_override_values(flags.FLAGS['config'])  # {'a.b': value}
+  ref += ''.join(f' --config.{k}={v!r}' for k, v in overrides.items())
+  try:
+    space = load_space(config_file, _SPACE.value)
+    out = runner.run_sweep(
+        _CONFIG.value, space, _METHOD.value, _TRIALS.value, _WORKDIR.value,
+        storage=_STORAGE.value, study_name=_STUDY.value, batch=_BATCH.value, seed=_SEED.value,
+        bayes_sampler=_SAMPLER.value, config_ref=ref)
+  except (SearchSpaceError, ValueError, ImportError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  best = out.get('best')
+  print(f"{out['states']}; best: {best['value'] if best else None}")
+  if best:
+    print(best['command'])
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,61 @@
+"""A sweep worker with a stand-in trainer, for tests/test_sweep.py (run as a script too).
+
+The stand-in keeps the sweep machinery real (Optuna storage, locks, batching,
+recovery) and replaces training by a known function of the hyperparameters:
+val/nelbo = 100 + (log10 lr + 3)^2 + (beta - 1)^2 (+ 1 for sgd), a member with
+lr > ``DIVERGE_LR`` diverges (NaN). Every call appends its population to
+``calls.jsonl`` in the sweep workdir, and sleeps ``SLEEP`` seconds.
+"""
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from research import cli, population
+from research.sweep import runner
+from research.sweep.space import Choice, Float
+
+DIVERGE_LR = 1.0
+SLEEP = 0.0
+
+SPACE = {
+    'optim.lr': Float(1e-4, 1e-2, log=True, grid=(1e-4, 1e-3, 1e-2)),
+    'task.beta': Float(0.5, 2.0),
+    'optim.name': Choice(('adam', 'sgd')),
+    'optim.momentum': Float(0.0, 0.99, when={'optim.name': 'sgd'}, grid=(0.5, 0.9)),
+}
+
+
+def objective(m, name):
+  return 100 + (math.log10(m['optim.lr']) + 3) ** 2 + (m['task.beta'] - 1) ** 2 + (name == 'sgd')
+
+
+def fake_train(config, run_dir):
+  members = population.expand(config, ('task.beta', 'task.free_bits', 'task.anneal_steps'))
+  with open(Path(run_dir).parents[1] / 'calls.jsonl', 'a') as f:
+    f.write(json.dumps({'run': Path(run_dir).name, 'name': config.optim.name,
+                        'members': members}) + '\n')
+  time.sleep(SLEEP)
+  out = []
+  for i, m in enumerate(members):
+    bad = m['optim.lr'] > DIVERGE_LR
+    v = float('nan') if bad else objective(m, config.optim.name)
+    out.append({'member': i, 'hparams': m, 'diverged': bad, 'val/nelbo': v, 'test/nelbo': v + 1})
+  return {'members': out}
+
+
+def base_config():
+  c = cli.load_config('configs/vae_digits.py', 'quick')
+  c.lock()
+  return c
+
+
+def sweep(workdir, method, trials, batch=4, space=None, **kw):
+  return runner.run_sweep(base_config(), space or SPACE, method, trials, workdir, batch=batch,
+                          train_fn=fake_train, **kw)
+
+
+if __name__ == '__main__':  # workdir method trials batch sleep
+  SLEEP = float(sys.argv[5])
+  sweep(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

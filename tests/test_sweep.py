@@ -1,0 +1,183 @@
+"""Sweeps: search-space validation, exact grids, budgets, populations, NaN trials,
+kill -9 and resume, two concurrent workers (training replaced by a known function,
+tests/sweep_worker.py), and (slow) the real CLI on the digits VAE."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import math
+import optuna
+import pytest
+
+from research import cli
+from research.sweep import runner
+from research.sweep.space import Choice, Float, Int, SearchSpaceError, grid_points, validate
+from tests import sweep_worker as sw
+
+REPO = Path(__file__).resolve().parents[1]
+TS = optuna.trial.TrialState
+
+
+def _study(workdir, storage=None):
+  return optuna.load_study(study_name='sweep', storage=runner.make_storage(storage, Path(workdir)))
+
+
+def _calls(workdir):
+  path = Path(workdir) / 'calls.jsonl'
+  return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
+def _key(params):
+  return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in params.items()))
+
+
+@pytest.mark.parametrize('space, match', [
+    ({'optim.lrr': Float(1e-4, 1e-2)}, "'optim.lrr' is not a config key"),
+    ({'optim': Float(0, 1)}, "'optim' names a config section"),
+    ({'optim.lr': Float(1e-2, 1e-4)}, "'optim.lr': Float needs low < high"),
+    ({'optim.lr': Float(0.0, 1e-2, log=True)}, "'optim.lr': a log scale needs low > 0"),
+    ({'optim.lr': Float(1e-4, 1e-2, grid=(0.1,))}, "'optim.lr': grid value 0.1 lies outside"),
+    ({'model.latent': Int(2.5, 8)}, "'model.latent': Int bounds must be integers"),
+    ({'optim.name': Choice(())}, "'optim.name': Choice needs at least one value"),
+    ({'optim.name': Choice(('adam', 'sgd'), grid=('rmsprop',))}, "grid value 'rmsprop' is not one"),
+    ({'optim.momentum': Float(0, 0.9, when={'optim.name': 'sgd'}),
+      'optim.name': Choice(('adam', 'sgd'))}, "'optim.momentum': condition on 'optim.name', which is not an earlier key"),
+    ({'optim.name': Choice(('adam', 'sgd')),
+      'optim.momentum': Float(0, 0.9, when={'optim.name': 'rmsprop'})}, "condition optim.name='rmsprop' can never hold"),
+    ({'optim.lr': (1e-4, 1e-2)}, "'optim.lr': expected Float, Int or Choice"),
+])
+def test_search_space_errors_name_the_key(space, match):
+  with pytest.raises(SearchSpaceError, match=match.replace('(', r'\(')):
+    validate(space, sw.base_config())
+
+
+def test_grid_needs_grid_values_and_the_cli_reports_space_errors(tmp_path):
+  with pytest.raises(SearchSpaceError, match="'task.beta': grid search needs grid"):
+    grid_points(sw.SPACE)
+  proc = subprocess.run([sys.executable, 'scripts/sweep.py', '--config=configs/vae_digits.py:quick',
+                         '--space=nope', f'--workdir={tmp_path}'], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2 and "Unknown search space 'nope'" in proc.stderr
+
+
+def test_grid_covers_exactly_its_grid_with_conditions_and_populations(tmp_path):
+  space = dict(sw.SPACE, **{'task.beta': Float(0.5, 2.0, grid=(0.5, 1.0))})
+  expected = [{'optim.lr': lr, 'task.beta': b, 'optim.name': n, **m}
+              for lr in (1e-4, 1e-3, 1e-2) for b in (0.5, 1.0)
+              for n, m in (('adam', {}), ('sgd', {'optim.momentum': 0.5}),
+                           ('sgd', {'optim.momentum': 0.9}))]
+  out = sw.sweep(tmp_path, 'grid', 0, batch=18, space=space, storage='sqlite')
+  study = _study(tmp_path, 'sqlite')
+  done = study.get_trials(states=(TS.COMPLETE,))
+  assert len(study.trials) == len(done) == 18
+  assert sorted(map(_key, (t.params for t in done))) == sorted(map(_key, expected))
+  # One batch: the adam trials form one population, the sgd trials another.
+  sizes = sorted((c['name'], len(c['members'])) for c in _calls(tmp_path))
+  assert sizes == [('adam', 6), ('sgd', 12)]
+  for t in done:  # each trial got its own member's value back
+    assert t.value == pytest.approx(sw.objective(t.params, t.params['optim.name']))
+  best = min(expected, key=lambda p: sw.objective(p, p['optim.name']))
+  assert out['best']['params'] == best
+  assert out['rows'][0]['value'] == pytest.approx(sw.objective(best, 'adam'))
+  assert '--config.optim.lr=0.001' in (tmp_path / 'best_config.txt').read_text()
+  for f in ('trials.csv', 'trials.md', 'best_so_far.png', 'importance.json'):
+    assert (tmp_path / f).stat().st_size > 0
+  assert len((tmp_path / 'trials.csv').read_text().splitlines()) == 19
+
+
+@pytest.mark.parametrize('method', ['random', 'bayes'])
+def test_budget_ranges_conditions_and_nan_trials(tmp_path, method, monkeypatch):
+  monkeypatch.setattr(sw, 'DIVERGE_LR', 3e-3)
+  sw.sweep(tmp_path, method, 11, batch=4)
+  trials = _study(tmp_path).trials
+  assert len(trials) == 11 and len({_key(t.params) for t in trials}) == 11
+  for t in trials:
+    p = t.params
+    assert 1e-4 <= p['optim.lr'] <= 1e-2 and 0.5 <= p['task.beta'] <= 2
+    assert ('optim.momentum' in p) == (p['optim.name'] == 'sgd')
+    if p['optim.lr'] > 3e-3:  # diverged -> FAIL, and the sweep went on
+      assert t.state == TS.FAIL and t.user_attrs['fail_reason'] == 'diverged'
+    else:
+      assert t.state == TS.COMPLETE
+  assert sum(len(c['members']) for c in _calls(tmp_path)) == 11
+  # Re-running a finished sweep trains nothing more; another method is refused by name.
+  sw.sweep(tmp_path, method, 11, batch=4)
+  assert len(_study(tmp_path).trials) == 11 and sum(len(c['members']) for c in _calls(tmp_path)) == 11
+  with pytest.raises(ValueError, match='different method'):
+    sw.sweep(tmp_path, 'bayes' if method == 'random' else 'random', 11)
+
+
+def _worker(workdir, method, trials, batch, sleep):
+  return subprocess.Popen([sys.executable, 'tests/sweep_worker.py', str(workdir), method,
+                           str(trials), str(batch), str(sleep)], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, 'PYTHONPATH': str(REPO)})
+
+
+def test_kill_9_mid_sweep_and_resume_loses_and_duplicates_nothing(tmp_path):
+  planned = runner._plan('random', sw.SPACE, 8, 0)
+  proc = _worker(tmp_path, 'random', 8, 2, 1.5)
+  deadline, before = time.time() + 120, []
+  while time.time() < deadline:  # kill while a population trains after two trials finished
+    time.sleep(0.2)
+    if (tmp_path / 'optuna.journal').exists():
+      before = _study(tmp_path).trials
+      states = [t.state for t in before]
+      if states.count(TS.COMPLETE) >= 2 and TS.RUNNING in states:
+        break
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  before = _study(tmp_path).trials
+  complete = {_key(t.params) for t in before if t.state == TS.COMPLETE}
+  running = {t.number for t in before if t.state == TS.RUNNING}
+  assert len(complete) >= 2 and running, [t.state for t in before]
+
+  resumed = _worker(tmp_path, 'random', 8, 2, 0.0)
+  assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+  trials = _study(tmp_path).trials
+  done = [t for t in trials if t.state == TS.COMPLETE]
+  interrupted = [t for t in trials if t.state == TS.FAIL]
+  assert len(done) == 8 and {t.number for t in interrupted} == running
+  assert all(t.user_attrs['fail_reason'] == 'interrupted' for t in interrupted)
+  assert sorted(_key(t.params) for t in done) == sorted(map(_key, planned))  # nothing lost
+  retried = [t for t in done if 'retry_of' in t.user_attrs]
+  assert sorted(t.user_attrs['retry_of'] for t in retried) == sorted(running)
+  # Trials finished before the kill were not trained again; interrupted ones once more.
+  trained = [_key(m_params) for c in _calls(tmp_path) for m_params in
+             ({k: m[k] for k in ('optim.lr', 'task.beta')} for m in c['members'])]
+  short = lambda key: _key({k: v for k, v in key if k in ('optim.lr', 'task.beta')})
+  for t in done:
+    again = t.number in {r.user_attrs['retry_of'] for r in retried} or 'retry_of' in t.user_attrs
+    assert trained.count(short(_key(t.params))) == (2 if again else 1)
+
+
+def test_two_concurrent_workers_split_the_budget(tmp_path):
+  procs = [_worker(tmp_path, 'bayes', 10, 2, 0.8) for _ in range(2)]
+  for p in procs:
+    assert p.wait(timeout=180) == 0, p.stderr.read()
+  trials = _study(tmp_path).trials
+  assert len(trials) == 10 and all(t.state == TS.COMPLETE for t in trials)
+  assert len({_key(t.params) for t in trials}) == 10
+  assert len({t.user_attrs['worker'] for t in trials}) == 2  # both did work
+  assert sum(len(c['members']) for c in _calls(tmp_path)) == 10
+
+
+@pytest.mark.slow
+def test_cli_sweeps_the_digits_vae_and_fails_a_diverging_trial(tmp_path):
+  args = [sys.executable, 'scripts/sweep.py', '--config=configs/vae_digits.py:quick',
+          '--method=grid', '--space=small', '--population_size=6', f'--workdir={tmp_path}',
+          '--config.train.epochs=2']
+  proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads((tmp_path / 'results.json').read_text())
+  assert out['states']['COMPLETE'] == 6 and out['best']['value'] > 0
+  cmd = (tmp_path / 'best_config.txt').read_text()
+  assert cmd.startswith('python scripts/train.py --config=configs/vae_digits.py:quick')
+  # A learning rate that makes the VAE diverge is a failed trial, not a crash.
+  nan = runner.run_sweep(cli.load_config('configs/vae_digits.py', 'quick'),
+                         {'optim.lr': Float(1e6, 1e7, grid=(1e6, 1e7))}, 'grid', 0, tmp_path / 'nan')
+  assert nan['states'] == {**nan['states'], 'FAIL': 2, 'COMPLETE': 0}
