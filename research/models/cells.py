@@ -51,7 +51,7 @@ incoming weights per unit), scaled to a chosen spectral radius.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -120,15 +120,10 @@ class LSTMCell(nn.Module):
     g_act, h_act = _ACTS[s['g']], _ACTS[s['h']]
     i_act = _ACTS[self.input_gate_act]
 
-    def step(carry, xp_t):
-      c, y, prev = carry
-      pre = xp_t + y @ R
-      if s['full_gate_recurrence']:
-        rec = prev @ R_gates
-        pre = pre.reshape(pre.shape[:-1] + (G, H))
-        for k, g in enumerate(gate_rec):
-          pre = pre.at[..., gates.index(g), :].add(rec[..., k * H:(k + 1) * H])
-        pre = pre.reshape(pre.shape[:-2] + (G * H,))
+    def pointwise(P, xp_t, hr, carry):
+      """One step given hr, the recurrent part of the pre-activations (B, G*H)."""
+      c, _, prev = carry
+      pre = xp_t + hr
       part = {g: pre[..., k * H:(k + 1) * H] for k, g in enumerate(gates)}
       one = jnp.ones_like(c)
       z = g_act(part['z'])
@@ -145,12 +140,33 @@ class LSTMCell(nn.Module):
                   if s['full_gate_recurrence'] else prev)
       return (c_new, y_new, prev_new), (y_new, {'i': i, 'f': f, 'o': o, 'c': c_new})
 
+    def step(carry, xp_t):
+      _, y, prev = carry
+      hr = y @ R
+      if s['full_gate_recurrence']:
+        rec = prev @ R_gates
+        hr = hr.reshape(hr.shape[:-1] + (G, H))
+        for k, g in enumerate(gate_rec):
+          hr = hr.at[..., gates.index(g), :].add(rec[..., k * H:(k + 1) * H])
+        hr = hr.reshape(hr.shape[:-2] + (G * H,))
+      return pointwise(P, xp_t, hr, carry)
+
     def carry0(batch):
       zeros = jnp.zeros((batch, H), xp.dtype)
       prev = (jnp.zeros((batch, len(gate_rec) * H), xp.dtype)
               if s['full_gate_recurrence'] else jnp.zeros((batch, 0), xp.dtype))
       return (zeros, zeros, prev)
 
+    if s['full_gate_recurrence']:
+      # [y, prev] @ [[R], [R_gates placed in its gates' columns]]: one recurrent matmul.
+      blocks = [jnp.zeros((len(gate_rec) * H, H), R.dtype)] * G
+      for k, g in enumerate(gate_rec):
+        blocks[gates.index(g)] = R_gates[:, k * H:(k + 1) * H]
+      R_in = jnp.concatenate([R, jnp.concatenate(blocks, 1)], 0)
+      rec_in = lambda carry: jnp.concatenate([carry[1], carry[2]], -1)
+    else:
+      R_in, rec_in = R, _lstm_output
+    step.fast = FastSpec(W, b, R_in, P, _drop_aux(pointwise), rec_in)
     return xp, step, carry0
 
 
@@ -168,14 +184,17 @@ class GRUCell(nn.Module):
     b_hn = self.param('b_hn', nn.initializers.zeros_init(), (H,))
     xp = xs @ W + b
 
-    def step(h, xp_t):
-      hr = h @ R
+    def pointwise(b_hn, xp_t, hr, h):
       r = jax.nn.sigmoid(xp_t[..., :H] + hr[..., :H])
       u = jax.nn.sigmoid(xp_t[..., H:2 * H] + hr[..., H:2 * H])
       n = jnp.tanh(xp_t[..., 2 * H:] + r * (hr[..., 2 * H:] + b_hn))
       h_new = (1.0 - u) * n + u * h
       return h_new, (h_new, {'r': r, 'u': u})
 
+    def step(h, xp_t):
+      return pointwise(b_hn, xp_t, h @ R, h)
+
+    step.fast = FastSpec(W, b, R, b_hn, _drop_aux(pointwise), _identity)
     return xp, step, lambda batch: jnp.zeros((batch, H), xp.dtype)
 
 
@@ -231,11 +250,46 @@ class ElmanCell(nn.Module):
     act = _ACTS[self.activation]
     xp = xs @ W + b
 
-    def step(h, xp_t):
-      h_new = act(xp_t + h @ R)
+    def pointwise(_, xp_t, hr, h):
+      h_new = act(xp_t + hr)
       return h_new, (h_new, {})
 
+    def step(h, xp_t):
+      return pointwise((), xp_t, h @ R, h)
+
+    step.fast = FastSpec(W, b, R, (), _drop_aux(pointwise), _identity)
     return xp, step, lambda batch: jnp.zeros((batch, H), xp.dtype)
+
+
+class FastSpec(NamedTuple):
+  """What `research.models.fast_rnn` needs to run a cell over a whole sequence.
+
+  One step is ``carry, y = pointwise(pp, x_t @ W + b, rec_in(carry) @ R, carry)``:
+  ``pointwise`` is elementwise in the batch (it may slice gates and use ``pp``,
+  the cell's non-matrix parameters such as peepholes), ``rec_in`` picks the
+  recurrent matmul's input from the carry (it must also work with a leading time
+  axis). `step` computes exactly this, with the auxiliary gates added."""
+  W: jnp.ndarray
+  b: jnp.ndarray
+  R: jnp.ndarray
+  pp: Any
+  pointwise: Callable
+  rec_in: Callable
+
+
+def _drop_aux(pointwise: Callable) -> Callable:
+  def without_aux(pp, xp_t, hr, carry):
+    carry, (y, _) = pointwise(pp, xp_t, hr, carry)
+    return carry, y
+  return without_aux
+
+
+def _identity(carry):
+  return carry
+
+
+def _lstm_output(carry):
+  return carry[1]
 
 
 def _stacked(init: Callable, n: int) -> Callable:

@@ -20,6 +20,13 @@ are the same in every case.
 
 Gate activations (LSTM i, f, o, c; GRU r, u) of every step are stored with
 ``sow`` in the ``intermediates`` collection when ``collect_gates=True``.
+
+Speed: with ``fast=True`` (the default) a layer runs as one custom-VJP op over
+the whole sequence (`research.models.fast_rnn`: weight gradients as one matmul
+over all steps). It gives the same values and gradients as the generic scan
+below and is used for every cell, every LSTM variant, masking, both
+directions and truncation k1 = k2; gate collection, carry probes and
+TBPTT(k1 < k2) use the generic `scan_cell` / `scan_cell_tbptt`.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import jax.numpy as jnp
 
 from research.models.cells import make_cell
 from research.models.cnn import as_channels_last
+from research.models.fast_rnn import fast_scan
 
 
 def length_mask(lengths: jnp.ndarray | None, batch: int, time: int) -> jnp.ndarray:
@@ -152,6 +160,7 @@ class Recurrent(nn.Module):
   collect_gates: bool = False
   probe_carry: bool = False  # add zero 'perturbations' to every carry (see analysis.gradients)
   cell_options: Any = None  # dict of the cell's own options (variant, forget_bias, ...)
+  fast: bool = True  # custom-VJP sequence op (research.models.fast_rnn) where it applies
 
   @nn.compact
   def __call__(self, x, lengths=None):
@@ -170,7 +179,12 @@ class Recurrent(nn.Module):
         if self.probe_carry:
           zeros = jax.tree.map(lambda c: jnp.zeros((T,) + c.shape, c.dtype), c0)
           probe = self.perturb(f'carry_layer{layer}_{direction}', zeros)
-        if self.truncation_k2 and self.truncation_k2 != self.truncation:
+        tbptt = self.truncation_k2 and self.truncation_k2 != self.truncation
+        if (self.fast and not tbptt and not self.collect_gates and probe is None
+            and getattr(step, 'fast', None) is not None):
+          ys, _ = fast_scan(step.fast, inp, c0, mask, self.truncation, self.unroll)
+          aux = None
+        elif tbptt:
           if probe is not None:
             raise ValueError('probe_carry is not supported with truncation_k2')
           ys, aux, _ = scan_cell_tbptt(step, xp, c0, mask, self.truncation, self.truncation_k2,
