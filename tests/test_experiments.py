@@ -108,3 +108,29 @@ def test_ucr_smoke_writes_the_table(tmp_path):
   assert len(out['rows']) == 2 * 3  # 2 sets x 3 models
   assert all(0 <= r['value'] <= 1 for r in out['rows'])
   assert (tmp_path / 'report.md').read_text().count('| ItalyPowerDemand |') == 1
+
+
+def test_vae_studies_pick_by_validation_and_count_trials_to_target():
+  from research.experiments.hpo_compare import trials_to_target
+  from research.experiments.vae_optimizers import select_lr
+  m = lambda lr, val, test, div=False: {'hparams': {'optim.lr': lr}, 'val/nelbo': val,
+                                        'test/nelbo': test, 'diverged': div}
+  lr, chosen = select_lr([m(1e-3, 90.0, 80.0), m(1e-3, 91.0, 81.0), m(3e-3, 89.0, 99.0),
+                          m(3e-3, 89.5, 98.0), m(3e-3, float('nan'), 0.0, div=True)])
+  assert lr == 3e-3 and [c['test/nelbo'] for c in chosen] == [99.0, 98.0]
+  assert trials_to_target([120.0, 100.0, 95.0, 95.0], 99.0) == 3
+  assert trials_to_target([120.0, 100.0], 99.0) is None
+
+
+@pytest.mark.slow
+def test_vae_studies_smoke(tmp_path):
+  for exp, files in (('vae_optimizers', ('curves.png', 'samples.png', 'traversals.png')),
+                     ('vae_tradeoff', ('tradeoff.png',)),
+                     ('hpo_compare', ('best_so_far.png',))):
+    _reproduce(tmp_path, f'--experiment={exp}', f'--workdir={tmp_path / exp}')
+    out = results.read(tmp_path / exp / 'results.json')
+    assert out['rows'] and all(np.isfinite(r['value']) for r in out['rows'])
+    for f in ('report.md',) + files:
+      assert (tmp_path / exp / f).stat().st_size > 0
+  iwae = results.read(tmp_path / 'vae_optimizers' / 'results.json')['iwae']
+  assert iwae['monotone'] and iwae['k'] == [1, 5, 50]

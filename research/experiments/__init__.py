@@ -14,6 +14,9 @@ EXPERIMENTS = {
     'bptt': 'research.experiments.bptt',
     'lstm_variants': 'research.experiments.lstm_variants',
     'ucr': 'research.experiments.ucr',
+    'vae_optimizers': 'research.experiments.vae_optimizers',
+    'vae_tradeoff': 'research.experiments.vae_tradeoff',
+    'hpo_compare': 'research.experiments.hpo_compare',
 }
 
 

@@ -1,0 +1,119 @@
+"""Trained VAEs read back from a run: IWAE bounds, active units, image grids.
+
+``load_members(config, workdir)`` rebuilds the run's model and restores every
+member's best (validation-selected) parameters from its newest checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import checkpoint as ckpt_lib
+from research import population
+from research.data import load_dataset
+from research.models import vae
+from research.tasks import make_task
+from research.train import Trainer
+
+
+def load_members(config, workdir: str | Path):
+  """(model, dataset, members, [best params of each member])."""
+  task = make_task(config.task)
+  members = population.expand(config, task.hparam_keys)
+  dataset = load_dataset(config.data)
+  trainer = Trainer(config, dataset, members, task)
+  state = trainer.init(jax.tree.map(jnp.asarray, population.stack(members)))
+  checkpointer = ckpt_lib.Checkpointer(Path(workdir) / 'checkpoints', config.train.checkpoint_keep)
+  try:
+    restored = checkpointer.restore_latest(state)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f'No checkpoint in {Path(workdir) / "checkpoints"}; train the run first')
+  state = restored[1]
+  params = [jax.tree.map(lambda a, i=i: a[i], state.best_params) for i in range(len(members))]
+  return trainer.model, dataset, members, params
+
+
+def iwae_bounds(model, params, x: np.ndarray, ks=(1, 5, 50, 5000), seed: int = 0,
+                rows_per_chunk: int = 20000, batch: int = 100) -> dict[int, float]:
+  """Mean over ``x`` of L_k for each k (Burda et al. 2016), in nats per image."""
+  variables = {'params': params}
+  out = {}
+  for k in ks:
+    b = min(batch, len(x))
+    chunk = max(1, min(k, rows_per_chunk // b))
+    f = jax.jit(lambda xb, key, k=k, chunk=chunk: vae.vae_bound(model, variables, xb, k, key, chunk))
+    vals = []
+    for i in range(0, len(x), b):
+      xb = jnp.asarray(x[i:i + b])
+      vals.append(np.asarray(f(xb, jax.random.PRNGKey(seed * 100003 + k * 7 + i))))
+    out[k] = float(np.concatenate(vals).mean())
+  return out
+
+
+def posterior_means(model, params, x: np.ndarray) -> np.ndarray:
+  mu, _ = model.apply({'params': params}, jnp.asarray(x), method=vae.VAE.encode)
+  return np.asarray(mu)
+
+
+def image_grid(path, rows: list[np.ndarray], row_names: list[str], title: str = ''):
+  """Rows of (H, W, 1) images in [0, 1] as one PNG."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  n_rows, n_cols = len(rows), max(len(r) for r in rows)
+  fig, axes = plt.subplots(n_rows, n_cols, figsize=(0.9 * n_cols + 1.2, 0.95 * n_rows + 0.4),
+                           squeeze=False)
+  for i, (row, name) in enumerate(zip(rows, row_names)):
+    for j in range(n_cols):
+      ax = axes[i, j]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if j < len(row):
+        ax.imshow(np.asarray(row[j])[..., 0], cmap='gray_r', vmin=0, vmax=1)
+      else:
+        ax.axis('off')
+    axes[i, 0].set_ylabel(name, rotation=0, ha='right', va='center', fontsize='small')
+  if title:
+    fig.suptitle(title, fontsize='small')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def image_plots(model, params, x_test: np.ndarray, workdir: Path, prefix: str = '',
+                seed: int = 0) -> dict[str, str]:
+  """samples.png (decoded prior draws), reconstructions.png (test images over
+  their decoded posterior means) and traversals.png (the 4 latent units with
+  the most variance of mu over the test set, each swept over -3..3 with the
+  others at 0). Returns {caption: file name}."""
+  variables = {'params': params}
+  apply = lambda method, *a: np.asarray(model.apply(variables, *a, method=method))
+  z = jax.random.normal(jax.random.PRNGKey(seed), (30, model.latent))
+  samples = apply(vae.VAE.mean_image, apply(vae.VAE.decode, z))
+  recon = apply(vae.VAE.reconstruct, jnp.asarray(x_test[:12]))
+  files = {}
+  name = f'{prefix}samples.png'
+  image_grid(workdir / name, [samples[:10], samples[10:20], samples[20:]], ['', '', ''],
+             'Samples: E[x|z], z ~ N(0, I)')
+  files['samples'] = name
+  name = f'{prefix}reconstructions.png'
+  image_grid(workdir / name, [x_test[:12] / (model.num_levels - 1), recon],
+             ['test', 'recon.'], 'Test images and E[x | z = mu(x)]')
+  files['reconstructions'] = name
+  mu = posterior_means(model, params, x_test)
+  units = np.argsort(-mu.var(0))[:4]
+  values = np.linspace(-3, 3, 9)
+  rows = []
+  for u in units:
+    zz = np.zeros((len(values), model.latent), np.float32)
+    zz[:, u] = values
+    rows.append(apply(vae.VAE.mean_image, apply(vae.VAE.decode, jnp.asarray(zz))))
+  name = f'{prefix}traversals.png'
+  image_grid(workdir / name, rows, [f'z{u}' for u in units], 'Latent traversals, -3 .. 3')
+  files['latent traversals'] = name
+  return files
