@@ -28,8 +28,10 @@
   process dies (even ``kill -9``). Asking happens under ``workdir/sweep.lock``.
   Before asking, a worker marks every RUNNING trial whose worker lock is free
   as FAIL (``fail_reason='interrupted'``) and enqueues it again with the same
-  parameters; the retried population lands in the same run directory and
-  resumes from its Orbax checkpoint. Finished trials are never redone, and
+  parameters; the retry trains again (resuming from the interrupted run's
+  Orbax checkpoint when the retried trials form the same population, i.e. the
+  same run directory; Optuna pops the oldest queued trials first, so a retry
+  may be batched with other trials). Finished trials are never redone, and
   interrupted ones do not count against the budget. Two workers on one
   workdir split the work (the ask lock makes the budget exact); workers on
   other machines sharing an RDB storage but not the workdir do not see each
@@ -262,8 +264,9 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   member_keys = population.member_keys(task.hparam_keys)
   direction = 'minimize' if task.select_mode == 'min' else 'maximize'
   metric = task.select_metric
-  if method == 'grid':
-    trials = len(_plan('grid', space, trials, seed))
+  planned = _plan('grid', space, trials, seed) if method == 'grid' else None
+  if planned is not None:
+    trials = len(planned)
   signature = _signature(method, space, trials, config, seed, bayes_sampler)
   store = make_storage(storage, workdir)
   worker = _Worker(workdir)
@@ -279,7 +282,7 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
           study.set_user_attr(k, v)
         study.set_user_attr('metric', f'val/{metric}')
         if method in ('grid', 'random'):
-          for i, point in enumerate(_plan(method, space, trials, seed)):
+          for i, point in enumerate(planned or _plan(method, space, trials, seed)):
             study.enqueue_trial(point, user_attrs={'point': i})
       else:
         diff = [k for k, v in signature.items() if saved.get(k) != v]
