@@ -166,7 +166,7 @@ class LSTMCell(nn.Module):
       rec_in = lambda carry: jnp.concatenate([carry[1], carry[2]], -1)
     else:
       R_in, rec_in = R, _lstm_output
-    step.fast = FastSpec(W, b, R_in, P, _drop_aux(pointwise), rec_in)
+    step.fast = FastSpec(W, b, R_in, P, _drop_aux(pointwise), rec_in, additive=True)
     return xp, step, carry0
 
 
@@ -257,7 +257,7 @@ class ElmanCell(nn.Module):
     def step(h, xp_t):
       return pointwise((), xp_t, h @ R, h)
 
-    step.fast = FastSpec(W, b, R, (), _drop_aux(pointwise), _identity)
+    step.fast = FastSpec(W, b, R, (), _drop_aux(pointwise), _identity, additive=True)
     return xp, step, lambda batch: jnp.zeros((batch, H), xp.dtype)
 
 
@@ -275,6 +275,7 @@ class FastSpec(NamedTuple):
   pp: Any
   pointwise: Callable
   rec_in: Callable
+  additive: bool = False  # pointwise uses xp_t and hr only through xp_t + hr
 
 
 def _drop_aux(pointwise: Callable) -> Callable:

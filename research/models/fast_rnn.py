@@ -82,21 +82,26 @@ def fast_scan(spec: FastSpec, x: jnp.ndarray, carry0, mask: jnp.ndarray, truncat
       dpp_t, dxp_t, dhr_t, dcarry_pw = vjp((_where_tree(m, dcarry, zero),
                                             jnp.where(m, dy_t, 0.0)))
       _, rec_vjp = jax.vjp(rec_in, carry_t)
-      (dcarry_rec,) = rec_vjp(_mm_t(dhr_t, R))
+      (dcarry_rec,) = rec_vjp(dhr_t @ RT)
       dprev = jax.tree.map(lambda d, a, r: jnp.where(m, 0.0, d) + a + r,
                            dcarry, dcarry_pw, dcarry_rec)
       if truncation:  # the carry entering step t (t % k == 0) was gradient-stopped
         dprev = jax.tree.map(lambda d: jnp.where(t % truncation == 0, jnp.zeros_like(d), d),
                              dprev)
-      return (dprev, jax.tree.map(jnp.add, dpp, dpp_t)), (dxp_t, dhr_t)
+      return (dprev, jax.tree.map(jnp.add, dpp, dpp_t)), (None if spec.additive else dxp_t, dhr_t)
 
+    RT = jnp.transpose(R)  # materialised once: XLA:CPU's transposed-operand matmul is slower
     dpp0 = jax.tree.map(jnp.zeros_like, pp)
     (dcarry0, dpp), (dxp, dhr) = jax.lax.scan(
         body, (dfinal, dpp0), (xp, hrs, carries, mask_tm, dys, jnp.arange(T)), reverse=True,
         unroll=unroll)
+    if spec.additive:
+      dxp = dhr
     dR = _tn(rec_in(carries), dhr)
     dW = _tn(x_tm, dxp)
-    db = jnp.sum(dxp.reshape(-1, dxp.shape[-1]), 0)
+    # A matmul with ones: XLA:CPU lowers this column sum to a slow reduce-window.
+    db = jnp.ones((1, T * x_tm.shape[1]), dxp.dtype) @ dxp.reshape(-1, dxp.shape[-1])
+    db = db[0]
     dx = _mm_t(dxp, W)
     return dW, db, dR, dpp, dx, dcarry0, None
 

@@ -1,0 +1,130 @@
+"""The custom-VJP sequence op (research.models.fast_rnn) against the generic autodiff scan.
+
+Same parameters, same inputs: `Recurrent(fast=True)` and `Recurrent(fast=False)`
+must give the same outputs, final states and gradients (parameters and inputs)
+for every cell and LSTM variant, with masking, both directions, stacks,
+truncation, and under vmap (populations). No timing here: scripts/benchmark.py.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.models.cells import LSTM_VARIANTS
+from research.models.recurrent import Recurrent
+
+B, T, D, H = 3, 7, 4, 5
+LENGTHS = jnp.array([7, 4, 1])
+
+
+def _randomize(params, key, scale=0.5):
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(tree, [scale * jax.random.normal(k, l.shape, l.dtype)
+                                   for k, l in zip(keys, leaves)])
+
+
+def _pair(cell='lstm', **kw):
+  fast = Recurrent(cell, H, fast=True, **kw)
+  slow = Recurrent(cell, H, fast=False, **kw)
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
+  params = _randomize(slow.init(jax.random.PRNGKey(1), x), jax.random.PRNGKey(2))
+  return fast, slow, params, x
+
+
+def _loss(layer):
+  def loss(params, x, lengths):
+    out, final = layer.apply(params, x, lengths)
+    w = jnp.cos(jnp.arange(out.size, dtype=out.dtype)).reshape(out.shape)
+    return jnp.sum(out * w) + jnp.sum(jnp.sin(final))  # every step and the final state
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def _assert_same(fast, slow, params, x, lengths, rtol=1e-5, atol=1e-6):
+  for a, b in zip(jax.jit(fast.apply)(params, x, lengths), jax.jit(slow.apply)(params, x, lengths)):
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+  (l1, g1), (l2, g2) = _loss(fast)(params, x, lengths), _loss(slow)(params, x, lengths)
+  np.testing.assert_allclose(l1, l2, rtol=rtol, atol=atol)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g2)
+
+
+@pytest.mark.parametrize('variant', LSTM_VARIANTS)
+def test_every_lstm_variant_matches_generic_with_masking(variant):
+  fast, slow, params, x = _pair('lstm', cell_options={'variant': variant})
+  for lengths in (None, LENGTHS):
+    _assert_same(fast, slow, params, x, lengths)
+
+
+def test_hard_sigmoid_input_gate_and_biases():
+  fast, slow, params, x = _pair('lstm', cell_options={'variant': 'vanilla', 'forget_bias': 2.0,
+                                                      'input_gate_act': 'hard_sigmoid'})
+  _assert_same(fast, slow, params, x, LENGTHS)
+
+
+@pytest.mark.parametrize('cell,opts', [('gru', None), ('elman', {'activation': 'tanh'}),
+                                       ('elman', {'activation': 'relu'})])
+def test_gru_and_elman_match_generic(cell, opts):
+  fast, slow, params, x = _pair(cell, cell_options=opts)
+  for lengths in (None, LENGTHS):
+    _assert_same(fast, slow, params, x, lengths)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_bidirectional_stack_matches_generic(cell):
+  fast, slow, params, x = _pair(cell, num_layers=2, bidirectional=True)
+  _assert_same(fast, slow, params, x, LENGTHS)
+
+
+@pytest.mark.parametrize('k', [1, 2, 3])
+def test_truncated_bptt_matches_generic(k):
+  fast, slow, params, x = _pair('lstm', truncation=k)
+  for lengths in (None, LENGTHS):
+    _assert_same(fast, slow, params, x, lengths)
+
+
+def test_unroll_matches_generic():
+  fast, slow, params, x = _pair('lstm', unroll=3)
+  _assert_same(fast, slow, params, x, LENGTHS)
+
+
+def test_population_vmap_matches_generic():
+  """K members with their own parameters and inputs, as train.py vmaps them."""
+  fast, slow, _, _ = _pair('lstm')
+  K = 3
+  x = jax.random.normal(jax.random.PRNGKey(3), (K, B, T, D))
+  params = jax.vmap(lambda k, x: _randomize(slow.init(k, x), k))(
+      jax.random.split(jax.random.PRNGKey(4), K), x)
+  outs = [jax.jit(jax.vmap(lambda p, x: _loss(layer)(p, x, LENGTHS)))(params, x)
+          for layer in (fast, slow)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *outs)
+
+
+def test_float64_gradients_match_generic_exactly():
+  with jax.enable_x64(True):
+    fast, slow, params, x = _pair('lstm', cell_options={'variant': 'vanilla'})
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = x.astype(jnp.float64)
+    (l1, g1), (l2, g2) = _loss(fast)(params, x, LENGTHS), _loss(slow)(params, x, LENGTHS)
+    np.testing.assert_allclose(l1, l2, rtol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), g1, g2)
+
+
+def test_fallbacks_keep_working():
+  """Gate collection, carry probes and TBPTT(k1 < k2) take the generic path."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
+  layer = Recurrent('lstm', H, collect_gates=True)
+  params = layer.init(jax.random.PRNGKey(1), x)
+  (out, _), state = layer.apply(params, x, mutable=['intermediates'])
+  assert state['intermediates']['gates_layer0_fwd'][0]['i'].shape == (B, T, H)
+  np.testing.assert_allclose(out, Recurrent('lstm', H).apply(params, x)[0], rtol=1e-6)
+  tb = Recurrent('lstm', H, truncation=2, truncation_k2=4)
+  np.testing.assert_allclose(tb.apply(params, x)[0], out, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_garbage_never_reaches_gradients():
+  fast, _, params, x = _pair('lstm')
+  x = jnp.where(jnp.arange(T)[None, :, None] < LENGTHS[:, None, None], x, 1e6)
+  _, (gp, gx) = _loss(fast)(params, x, LENGTHS)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(gp))
+  mask = np.arange(T)[None, :] < np.asarray(LENGTHS)[:, None]
+  np.testing.assert_array_equal(np.asarray(gx)[~mask], 0.0)
