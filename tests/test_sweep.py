@@ -146,13 +146,14 @@ def test_kill_9_mid_sweep_and_resume_loses_and_duplicates_nothing(tmp_path):
   assert sorted(_key(t.params) for t in done) == sorted(map(_key, planned))  # nothing lost
   retried = [t for t in done if 'retry_of' in t.user_attrs]
   assert sorted(t.user_attrs['retry_of'] for t in retried) == sorted(running)
-  # Trials finished before the kill were not trained again; interrupted ones once more.
+  # Trials finished before the kill were trained once; interrupted ones again after
+  # the resume (once or twice in all: the kill may land before their population started).
   trained = [_key(m_params) for c in _calls(tmp_path) for m_params in
              ({k: m[k] for k in ('optim.lr', 'task.beta')} for m in c['members'])]
   short = lambda key: _key({k: v for k, v in key if k in ('optim.lr', 'task.beta')})
   for t in done:
-    again = t.number in {r.user_attrs['retry_of'] for r in retried} or 'retry_of' in t.user_attrs
-    assert trained.count(short(_key(t.params))) == (2 if again else 1)
+    n = trained.count(short(_key(t.params)))
+    assert n in (1, 2) if 'retry_of' in t.user_attrs else n == 1, (t.number, n)
 
 
 def test_two_concurrent_workers_split_the_budget(tmp_path):

@@ -9,7 +9,9 @@ al. 2011) should reach a given ELBO in fewer trials. The space is
 size, hidden size and optimizer (SGD's momentum conditional). Each method runs
 ``trials`` trials per sweep seed (the seed drives the sampler and the models'
 initialisation; grid points are the same for every seed); the objective is the
-validation negative ELBO of each trial's best epoch. Reported: best-so-far
+validation negative ELBO of each trial's best epoch. With the same sweep seed,
+TPE's random start-up trials (the first batch) are the random sweep's first draws: a
+paired comparison in which the two differ only where TPE starts to model. Reported: best-so-far
 curves (median and range over seeds) against trials and wall time, the best
 value at the full budget, the trials needed to come within 1 nat of the best
 value any sweep found, fANOVA importances of the random sweeps, and the wall

@@ -55,6 +55,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -142,8 +143,10 @@ def _sampler(method: str, seed: int, n_existing: int, bayes_sampler: str, startu
       raise ImportError("--sampler=gp needs torch (pip install 'research[gp]' or torch); "
                         'use --sampler=tpe') from None
     return optuna.samplers.GPSampler(seed=s, n_startup_trials=startup)
-  return optuna.samplers.TPESampler(seed=s, n_startup_trials=startup, multivariate=True,
-                                    group=True, constant_liar=True)
+  with warnings.catch_warnings():  # multivariate/group/constant_liar are 'experimental'
+    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+    return optuna.samplers.TPESampler(seed=s, n_startup_trials=startup, multivariate=True,
+                                      group=True, constant_liar=True)
 
 
 def _plan(method: str, space, trials: int, seed: int) -> list[dict[str, Any]]:
@@ -197,7 +200,10 @@ def recover_orphans(study: optuna.Study, workdir: Path) -> list[int]:
         continue
     except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
       continue  # another worker got there first
-    study.enqueue_trial(dict(t.params), user_attrs={
+    # A planned trial retries its whole planned point (the asker may have died before
+    # suggesting every parameter); a Bayesian one keeps what it had drawn.
+    params = t.system_attrs.get('fixed_params') or dict(t.params)
+    study.enqueue_trial(dict(params), user_attrs={
         'retry_of': t.number, **{k: v for k, v in t.user_attrs.items() if k in ('point',)}})
     retried.append(t.number)
   if retried:
