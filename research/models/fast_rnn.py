@@ -31,6 +31,11 @@ import jax.numpy as jnp
 from research.models.cells import FastSpec
 
 
+# Where the input projection is hoisted out of the scan by default (measured by
+# scripts/benchmark.py; see the README's benchmark section).
+HOIST_DEFAULT = {'cpu': False, 'gpu': True, 'tpu': True}
+
+
 def _tn(a, b):
   """a^T b with every leading axis of a and b flattened into the contraction."""
   a = a.reshape(-1, a.shape[-1])
@@ -48,34 +53,54 @@ def _where_tree(m, a, b):
 
 
 def fast_scan(spec: FastSpec, x: jnp.ndarray, carry0, mask: jnp.ndarray, truncation: int = 0,
-              unroll: int = 1):
+              unroll: int = 1, hoist: bool | None = None):
   """Runs a cell over x (B, T, D) with right-padding ``mask`` (B, T).
+
+  ``hoist``: compute the input projection of all steps as one matmul before the
+  scan (True) or inside it, as ``[x_t, rec_in(carry)] @ [W; R]`` (False; only
+  for cells whose step uses ``x_t W + b + hr``, i.e. ``spec.additive``).
+  None: `HOIST_DEFAULT` for the backend. The backward pass is the same either way.
 
   Returns (outputs (B, T, H), zero at padded steps; final carry)."""
   pointwise, rec_in = spec.pointwise, spec.rec_in
+  if hoist is None:
+    hoist = HOIST_DEFAULT.get(jax.default_backend(), True)
 
   def forward(W, b, R, pp, x_tm, carry0, mask_tm):
     T, B = x_tm.shape[:2]
-    xp = (x_tm.reshape(T * B, -1) @ W + b).reshape(T, B, -1)
+    xp, WR = None, None
+    if hoist:
+      xp = (x_tm.reshape(T * B, -1) @ W + b).reshape(T, B, -1)
+    elif spec.additive:
+      WR = jnp.concatenate([W, R], 0)
 
     def body(carry, inp):
-      xp_t, m_t = inp
-      hr = rec_in(carry) @ R
+      xp_t, x_t, m_t = inp
+      if hoist:
+        hr = rec_in(carry) @ R
+      elif spec.additive:  # one matmul; hr includes x_t W, pointwise adds b
+        hr, xp_t = jnp.concatenate([x_t, rec_in(carry)], -1) @ WR, b
+      else:
+        hr, xp_t = rec_in(carry) @ R, x_t @ W + b
       new, y = pointwise(pp, xp_t, hr, carry)
       m = m_t[:, None]
-      return _where_tree(m, new, carry), (jnp.where(m, y, 0.0), hr, carry)
+      keep = None if hoist or spec.additive else xp_t  # for the backward pass
+      return _where_tree(m, new, carry), (jnp.where(m, y, 0.0), hr, carry, keep)
 
-    final, (ys, hrs, carries) = jax.lax.scan(body, carry0, (xp, mask_tm), unroll=unroll)
-    return (ys, final), (W, R, pp, x_tm, xp, hrs, carries, mask_tm)
+    final, (ys, hrs, carries, xp_kept) = jax.lax.scan(
+        body, carry0, (xp, None if hoist else x_tm, mask_tm), unroll=unroll)
+    xp = xp if xp_kept is None else xp_kept
+    return (ys, final), (W, b, R, pp, x_tm, xp, hrs, carries, mask_tm)
 
   def backward(res, g):
-    W, R, pp, x_tm, xp, hrs, carries, mask_tm = res
+    W, b, R, pp, x_tm, xp, hrs, carries, mask_tm = res
     dys, dfinal = g
     T = x_tm.shape[0]
 
     def body(acc, inp):
       dcarry, dpp = acc
       xp_t, hr_t, carry_t, m_t, dy_t, t = inp
+      xp_t = b if xp_t is None else xp_t
       m = m_t[:, None]
       _, vjp = jax.vjp(pointwise, pp, xp_t, hr_t, carry_t)
       zero = jax.tree.map(jnp.zeros_like, dcarry)
