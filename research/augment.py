@@ -19,13 +19,22 @@ classification using convolutional neural networks"):
   rescaled so that the path runs from the first to the last valid step.
 * ``window_slice=r``: take a random window of a fraction r of the valid
   length and stretch it back to the full valid length.
+
+For clips of frames (x of shape (B, T, H, W) or (B, T, H, W, C)):
+
+* ``frame_shift=p``: translate every frame of a clip by the same random
+  integer offset (dy, dx), each uniform in [-p, p], filling with zeros (the
+  random-crop / translation augmentation of image models, applied per clip so
+  the motion inside it is kept).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-METHODS = ('jitter', 'scaling', 'magnitude_warp', 'time_warp', 'window_slice')
+SERIES_METHODS = ('jitter', 'scaling', 'magnitude_warp', 'time_warp', 'window_slice')
+FRAME_METHODS = ('frame_shift',)
+METHODS = SERIES_METHODS + FRAME_METHODS
 KNOTS = 4
 
 
@@ -46,6 +55,8 @@ def parse(spec: str) -> list[tuple[str, float]]:
     if v < 0 or (name == 'window_slice' and not 0 < v <= 1):
       raise ValueError(f'train.augment: {name}={v} is out of range '
                        f'({"(0, 1]" if name == "window_slice" else ">= 0"})')
+    if name == 'frame_shift' and v != int(v):
+      raise ValueError(f'train.augment: frame_shift is a whole number of pixels, got {v}')
     out.append((name, v))
   return out
 
@@ -96,10 +107,32 @@ def _one(rng, x, length, methods):
   return x
 
 
+def _shift_clip(rng, clip, p: int):
+  """clip (T, H, W, ...) translated by one random (dy, dx) in [-p, p]^2, zero fill."""
+  T, H, W = clip.shape[:3]
+  dy, dx = jax.random.randint(rng, (2,), -p, p + 1)
+  pads = ((0, 0), (p, p), (p, p)) + ((0, 0),) * (clip.ndim - 3)
+  start = (0, p - dy, p - dx) + (0,) * (clip.ndim - 3)
+  return jax.lax.dynamic_slice(jnp.pad(clip, pads), start, clip.shape)
+
+
 def apply(rng, x, lengths, methods: list[tuple[str, float]]):
-  """Augments a batch x (B, T, C) (or (B, T)); ``lengths`` (B,) or None."""
+  """Augments a batch x (B, T, C) (or (B, T)) of series, or (B, T, H, W[, C])
+  of clips; ``lengths`` (B,) or None."""
   if not methods:
     return x
+  frames = [m for m in methods if m[0] in FRAME_METHODS]
+  if x.ndim >= 4:
+    if len(frames) < len(methods):
+      raise ValueError(f'train.augment: inputs of shape {x.shape} are clips of frames; '
+                       f'only {list(FRAME_METHODS)} apply to them')
+    for (name, s), key in zip(methods, jax.random.split(rng, len(methods))):
+      x = jax.vmap(_shift_clip, in_axes=(0, 0, None))(
+          jax.random.split(key, x.shape[0]), x, int(s))
+    return x
+  if frames:
+    raise ValueError(f'train.augment: {[m[0] for m in frames]} need clips of frames '
+                     f'(B, T, H, W[, C]), got inputs of shape {x.shape}')
   squeeze = x.ndim == 2
   x3 = x[..., None] if squeeze else x
   B, T = x3.shape[:2]

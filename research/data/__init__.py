@@ -61,7 +61,29 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   from research.data import digits  # noqa: F401
   from research.data import music  # noqa: F401
   from research.data import ucr  # noqa: F401
+  from research.data import video  # noqa: F401
+  from research.data import text  # noqa: F401
   if config.name not in _LOADERS:
     raise ValueError(
         f'Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}')
-  return _LOADERS[config.name](config)
+  ds = _LOADERS[config.name](config)
+  fraction = float(config.get('train_fraction', 1.0))
+  if fraction != 1.0:
+    ds = subsample_train(ds, fraction, int(config.get('seed', 0)))
+  return ds
+
+
+def subsample_train(ds: Dataset, fraction: float, seed: int) -> Dataset:
+  """Keeps ``fraction`` of the training split (stratified by label for
+  classification, at least one example per class), for learning curves under
+  reduced data (``data.train_fraction``). Validation and test are untouched."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'data.train_fraction must be in (0, 1], got {fraction}')
+  from research.data import preprocess
+  if ds.info.get('task', 'classify') == 'classify':
+    _, kept = preprocess.stratified_split(ds.train, fraction, seed + 7919)
+  else:
+    n = len(ds.train['x'])
+    idx = np.sort(np.random.default_rng(seed + 7919).permutation(n)[:max(1, round(fraction * n))])
+    kept = {k: v[idx] for k, v in ds.train.items()}
+  return dataclasses.replace(ds, train=kept)

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from research.models import cnn, hybrid, recurrent, simple, vae
+from research.models import cnn, hybrid, recurrent, simple, text, vae
 
 MODELS: dict[str, type[nn.Module]] = {
     'linear': simple.Linear,
@@ -24,6 +24,9 @@ MODELS: dict[str, type[nn.Module]] = {
     'fcn': cnn.FCN,
     'lstm_fcn': hybrid.LSTMFCN,
     'vae': vae.VAE,
+    'lrcn': hybrid.LRCN,
+    'convlstm': hybrid.ConvLSTM,
+    'char_lm': text.CharLM,
 }
 
 

@@ -1,4 +1,10 @@
-"""Convolutional feature extractors and the CNN-only baseline."""
+"""Convolutional feature extractors and the CNN-only baselines.
+
+1-D (NWC) for series: `Conv1D`, `ConvFeatures1D`, `ConvNet1D`, `FCN`.
+2-D (NHWC) for frames: `ConvFeatures2D` (one frame -> a feature vector) and
+`FrameFeatures`, which applies it to every frame of a clip with ``nn.vmap``
+over time (Keras's "TimeDistributed").
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,8 +14,11 @@ import jax.numpy as jnp
 
 
 def as_channels_last(x: jnp.ndarray) -> jnp.ndarray:
-  """(B, T) -> (B, T, 1); (B, T, C) is returned unchanged."""
-  return x[..., None] if x.ndim == 2 else x
+  """A batch as a sequence of feature vectors: (B, T) -> (B, T, 1); (B, T, C)
+  unchanged; frames (B, T, H, W, ...) -> (B, T, H * W * ...), flattened."""
+  if x.ndim == 2:
+    return x[..., None]
+  return x.reshape(x.shape[:2] + (-1,)) if x.ndim > 3 else x
 
 
 def same_padding(kernel_size: int) -> tuple[int, int]:
@@ -30,7 +39,8 @@ class Conv1D(nn.Module):
   XLA's CPU backend this is ~4x faster for the small kernels we use, and under
   ``vmap`` over population members it stays a batched matmul instead of a
   grouped convolution (measured in docs/ARCHITECTURE.md).
-  ``padding``: an int p (p zeros each side) or ``'same'`` (`same_padding`).
+  ``padding``: an int p (p zeros each side), ``'same'`` (`same_padding`) or
+  ``'causal'`` (k - 1 zeros on the left only: step t sees inputs <= t).
   """
   features: int
   kernel_size: int
@@ -41,8 +51,11 @@ class Conv1D(nn.Module):
   def pads(self) -> tuple[int, int]:
     if self.padding == 'same':
       return same_padding(self.kernel_size)
+    if self.padding == 'causal':
+      return self.kernel_size - 1, 0
     if isinstance(self.padding, str):
-      raise ValueError(f"Conv1D: padding must be an int or 'same', got {self.padding!r}")
+      raise ValueError(f"Conv1D: padding must be an int, 'same' or 'causal', "
+                       f'got {self.padding!r}')
     return self.padding, self.padding
 
   def out_length(self, length):
@@ -162,3 +175,110 @@ class FCN(nn.Module):
     h = masked_mean(h, lengths)
     h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
     return nn.Dense(self.num_outputs)(h)
+
+
+def conv2d_same(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """Stride-1 'same' 2-D convolution of NHWC ``x`` with an HWIO ``kernel`` (as
+  ``nn.Conv(padding='SAME')``, odd or even k), computed as one concatenation
+  of the k * k shifted views and one matmul (im2col).
+
+  Why not ``lax.conv``: on XLA's CPU backend a convolution inside a loop body
+  (our epoch is a ``lax.scan`` over batches, a ConvLSTM a scan over time) runs
+  through a slow path (jax-ml/jax#12868): 4 steps of a small frame CNN took
+  38 s inside a scan against 2 s outside; this form took 3 s in both places.
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  top, left = (kh - 1) // 2, (kw - 1) // 2
+  xp = jnp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+  H, W = x.shape[1:3]
+  patches = jnp.concatenate([xp[:, i:i + H, j:j + W] for i in range(kh) for j in range(kw)], -1)
+  return patches @ kernel.reshape(kh * kw * c_in, c_out)
+
+
+class Conv2D(nn.Module):
+  """Stride-1 'same' 2-D convolution with ``nn.Conv``'s parameters (kernel
+  (k, k, C_in, C_out), bias) and numbers, via `conv2d_same`."""
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+    y = conv2d_same(x, kernel)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    return y
+
+
+def max_pool2d(h: jnp.ndarray, p: int) -> jnp.ndarray:
+  """p x p max pooling with stride p of (B, H, W, C), cropping any remainder
+  (``nn.max_pool(h, (p, p), strides=(p, p))``, VALID). Written as a reshape and
+  a max: its gradient is a comparison mask, where the XLA CPU backend's
+  select-and-scatter for ``nn.max_pool``'s gradient roughly doubled the time
+  of a whole LRCN training step in our measurement."""
+  B, H, W, C = h.shape
+  h = h[:, :H // p * p, :W // p * p]
+  return h.reshape(B, H // p, p, W // p, p, C).max((2, 4))
+
+
+class ConvFeatures2D(nn.Module):
+  """One frame (B, H, W[, C]) -> features (B, F): blocks of 'same' k x k conv ->
+  norm -> ReLU -> 2-D max pool (``pool`` x ``pool``; 0 = none) -> dropout, then
+  global average pooling (``readout='mean'``) or flattening (``'flatten'``).
+  ``axis_name``: the vmapped axis (time, in `FrameFeatures`) over which batch
+  norm also pools its statistics."""
+  channels: Sequence[int] = (16, 32)
+  kernel: int = 3
+  norm: str = 'batch'
+  pool: int = 2
+  dropout: float = 0.0
+  readout: str = 'mean'
+  axis_name: str | None = None
+  train: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    if self.norm not in NORMS:
+      raise ValueError(f'norm must be one of {NORMS}, got {self.norm!r}')
+    if self.readout not in ('mean', 'flatten'):
+      raise ValueError(f"readout must be 'mean' or 'flatten', got {self.readout!r}")
+    h = x[..., None] if x.ndim == 3 else x
+    for c in self.channels:
+      h = Conv2D(c, self.kernel, use_bias=self.norm == 'none')(h)
+      if self.norm == 'batch':
+        h = nn.BatchNorm(use_running_average=not self.train, momentum=0.9,
+                         axis_name=self.axis_name if self.train else None)(h)
+      elif self.norm == 'layer':
+        h = nn.LayerNorm()(h)
+      h = nn.relu(h)
+      if self.pool > 1:
+        h = max_pool2d(h, self.pool)
+      if self.dropout:
+        h = nn.Dropout(self.dropout, deterministic=not self.train)(h)
+    return h.mean((1, 2)) if self.readout == 'mean' else h.reshape(h.shape[0], -1)
+
+
+class FrameFeatures(nn.Module):
+  """`ConvFeatures2D` applied to every frame of clips (B, T, H, W[, C]) ->
+  (B, T, F) with one set of weights: ``nn.vmap`` over the time axis, parameters
+  and batch statistics shared (broadcast), dropout drawn independently per
+  frame. In training mode batch norm pools its statistics over batch *and*
+  time (``axis_name='time'``), i.e. over all B * T frames."""
+  channels: Sequence[int] = (16, 32)
+  kernel: int = 3
+  norm: str = 'batch'
+  pool: int = 2
+  dropout: float = 0.0
+  readout: str = 'mean'
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim not in (4, 5):
+      raise ValueError(f'FrameFeatures: expected clips (B, T, H, W[, C]), got shape {x.shape}')
+    per_frame = nn.vmap(ConvFeatures2D, in_axes=1, out_axes=1,
+                        variable_axes={'params': None, 'batch_stats': None},
+                        split_rngs={'params': False, 'dropout': True}, axis_name='time')
+    return per_frame(self.channels, self.kernel, self.norm, self.pool, self.dropout,
+                     self.readout, axis_name='time', train=train, name='frame')(x)

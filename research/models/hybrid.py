@@ -14,6 +14,15 @@
   (one step for a univariate series), so it is not recurrent over time at
   all; ``lstm_input='temporal'`` is a true temporal branch over the T steps
   (masked by ``lengths``). The paper's branch is 8 cells with dropout 0.8.
+* `LRCN`: a 2-D CNN applied to every frame (`research.models.cnn.FrameFeatures`,
+  ``nn.vmap`` over time), then a recurrent layer over the frame features
+  (Donahue et al. 2015, "Long-term Recurrent Convolutional Networks for Visual
+  Recognition and Description"). ``cell='none'`` averages the frame features
+  over time instead: the CNN-only ablation, blind to frame order.
+* `ConvLSTM`: LSTM whose states are feature maps and whose matrix products are
+  convolutions (Shi et al. 2015, "Convolutional LSTM Network: A Machine
+  Learning Approach for Precipitation Nowcasting", eq. 3), with the paper's
+  peepholes as an option; without them it is Flax's ``nn.ConvLSTMCell``.
 """
 from __future__ import annotations
 
@@ -22,7 +31,11 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.models.cnn import ConvFeatures1D, as_channels_last, masked_mean
+import jax
+from jax import lax
+
+from research.models.cnn import (ConvFeatures1D, FrameFeatures, as_channels_last, conv2d_same,
+                                 masked_mean)
 from research.models.recurrent import Recurrent, readout
 
 
@@ -83,3 +96,112 @@ class LSTMFCN(nn.Module):
       raise ValueError(f"lstm_input must be 'shuffle' or 'temporal', got {self.lstm_input!r}")
     final = nn.Dropout(self.dropout, deterministic=not train)(final) if self.dropout else final
     return nn.Dense(self.num_outputs)(jnp.concatenate([conv, final], axis=-1))
+
+
+class LRCN(nn.Module):
+  """Clips (B, T, H, W[, C]) -> per-frame CNN features (B, T, F) -> recurrent
+  layer -> readout -> linear head; ``cell='none'``: mean over frames -> head."""
+  channels: Sequence[int] = (16, 32)
+  kernel: int = 3
+  norm: str = 'batch'
+  pool: int = 2
+  frame_readout: str = 'mean'  # per frame: global average pool or flatten
+  conv_dropout: float = 0.0
+  cell: str = 'lstm'  # a recurrent cell, or 'none' (CNN only)
+  hidden: int = 64
+  num_layers: int = 1
+  bidirectional: bool = False
+  readout: str = 'last'
+  dropout: float = 0.0
+  cell_options: Any = None
+  num_outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, lengths=None):
+    h = FrameFeatures(self.channels, self.kernel, self.norm, self.pool, self.conv_dropout,
+                      self.frame_readout)(x, train)
+    if self.cell == 'none':
+      h = masked_mean(h, lengths)
+    else:
+      h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
+                           cell_options=self.cell_options)(h, lengths)
+      h = readout(h, final, lengths, self.readout)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
+    return nn.Dense(self.num_outputs)(h)
+
+
+class ConvLSTMLayer(nn.Module):
+  """One ConvLSTM layer over clips (B, T, H, W, C) -> hidden maps (B, T, H, W, F).
+
+  Shi et al. 2015, eq. 3 (``*`` convolution, ``∘`` Hadamard product)::
+
+    i_t = σ(W_xi * X_t + W_hi * H_{t-1} + W_ci ∘ C_{t-1} + b_i)
+    f_t = σ(W_xf * X_t + W_hf * H_{t-1} + W_cf ∘ C_{t-1} + b_f)
+    C_t = f_t ∘ C_{t-1} + i_t ∘ tanh(W_xc * X_t + W_hc * H_{t-1} + b_c)
+    o_t = σ(W_xo * X_t + W_ho * H_{t-1} + W_co ∘ C_t + b_o)
+    H_t = o_t ∘ tanh(C_t)
+
+  The input convolutions of all T frames are one convolution over B * T
+  frames, outside the scan; the scan does only the hidden-state convolution.
+  Gates are stacked in Flax's order (i, g, f, o); ``forget_bias`` is added to
+  the forget pre-activation (Flax's cell adds 1). With ``peepholes=False`` and
+  the bias split as ``ih`` + ``hh`` this is ``nn.ConvLSTMCell`` (tested).
+  """
+  features: int = 16
+  kernel: int = 3
+  peepholes: bool = True
+  forget_bias: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    B, T, H, W, C = x.shape
+    F, k = self.features, self.kernel
+    init = nn.initializers.lecun_normal()
+    w_x = self.param('ih_kernel', init, (k, k, C, 4 * F))
+    w_h = self.param('hh_kernel', init, (k, k, F, 4 * F))
+    b = self.param('bias', nn.initializers.zeros_init(), (4 * F,))
+    peep = (self.param('peephole', nn.initializers.zeros_init(), (3, H, W, F))
+            if self.peepholes else jnp.zeros((3, H, W, F), x.dtype))
+    xp = conv2d_same(x.reshape(B * T, H, W, C), w_x).reshape(B, T, H, W, 4 * F) + b
+
+    def step(carry, xp_t):
+      c, h = carry
+      i, g, f, o = jnp.split(xp_t + conv2d_same(h, w_h), 4, axis=-1)
+      i = jax.nn.sigmoid(i + peep[0] * c)
+      f = jax.nn.sigmoid(f + self.forget_bias + peep[1] * c)
+      c = f * c + i * jnp.tanh(g)
+      h = jax.nn.sigmoid(o + peep[2] * c) * jnp.tanh(c)
+      return (c, h), h
+
+    zeros = jnp.zeros((B, H, W, F), xp.dtype)
+    _, hs = lax.scan(step, (zeros, zeros), jnp.swapaxes(xp, 0, 1))
+    return jnp.swapaxes(hs, 0, 1)
+
+
+class ConvLSTM(nn.Module):
+  """Clips (B, T, H, W[, C]) -> optional spatial max pool -> stacked ConvLSTM
+  layers -> the last frame's hidden map, globally average-pooled -> linear head."""
+  features: Sequence[int] = (16,)
+  kernel: int = 3
+  peepholes: bool = True
+  input_pool: int = 1
+  dropout: float = 0.0
+  num_outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, lengths=None):
+    if x.ndim not in (4, 5):
+      raise ValueError(f'ConvLSTM: expected clips (B, T, H, W[, C]), got shape {x.shape}')
+    if lengths is not None:
+      raise ValueError('ConvLSTM: variable-length clips are not supported (no lengths)')
+    h = x[..., None] if x.ndim == 4 else x
+    if self.input_pool > 1:
+      B, T = h.shape[:2]
+      p = self.input_pool
+      h = nn.max_pool(h.reshape((B * T,) + h.shape[2:]), (p, p), strides=(p, p))
+      h = h.reshape((B, T) + h.shape[1:])
+    for f in self.features:
+      h = ConvLSTMLayer(f, self.kernel, self.peepholes)(h)
+    h = h[:, -1].mean((1, 2))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
+    return nn.Dense(self.num_outputs)(h)
