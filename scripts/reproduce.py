@@ -6,7 +6,11 @@
 """
 import inspect
 
-from absl import app, flags
+from research.devices import configure_cpu_devices
+
+configure_cpu_devices()  # before JAX starts: one CPU device per core (research/devices.py)
+
+from absl import app, flags  # noqa: E402
 
 from research import cli, experiments
 

@@ -5,7 +5,11 @@
 """
 import sys
 
-from absl import app, flags
+from research.devices import configure_cpu_devices
+
+configure_cpu_devices()  # before JAX starts: one CPU device per core (research/devices.py)
+
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags
 
 from research import cli, results
