@@ -3,7 +3,8 @@
 Variants: ``configs/ucr.py:model=fcn,dataset=GunPoint``
   model:    fcn (Wang et al. 2017) | lstm_fcn (Karim et al. 2018, dimension shuffle) |
             lstm_fcn_t (the same with a temporal LSTM branch) | conv_lstm (DeepConvLSTM-style
-            hybrid, Ordóñez & Roggen 2016) | lstm (LSTM only)
+            hybrid, Ordóñez & Roggen 2016) | lstm (LSTM only) | mlp (residual MLP on the
+            flattened, zero-padded series)
   dataset:  any set with TRAIN/TEST files in sktime's wheel (GunPoint, ItalyPowerDemand,
             BasicMotions, JapaneseVowels, ArrowHead, OSULeaf, ...)
   epochs:   training epochs (Fawaz et al. 2019 train the FCN for 2000)
@@ -32,6 +33,7 @@ MODELS = {
                       dropout=0.5),
     'lstm': dict(name='rnn', cell='lstm', hidden=128, num_layers=2, bidirectional=False,
                  readout='last'),
+    'mlp': dict(name='mlp', hidden=400, dropout=0.1),
 }
 # Training-set sizes of the bundled sets we use (for Fawaz's batch rule without loading).
 TRAIN_SIZE = {'GunPoint': 50, 'ItalyPowerDemand': 67, 'BasicMotions': 40, 'JapaneseVowels': 270}

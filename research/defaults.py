@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = ''
+  c.data.train_fraction = 1.0  # keep this fraction of the training split (stratified)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = ''

@@ -463,6 +463,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   return out
 
 
+def load_trained(config: ml_collections.ConfigDict, workdir: str | Path):
+  """Rebuilds a run's trainer and restores its newest checkpoint.
+
+  Returns ``(trainer, dataset, members, state)``; ``state.best_params`` /
+  ``best_model_state`` hold every member's validation-selected parameters
+  (leading member axis). Use `member_variables` for one member's variables.
+  """
+  task = make_task(config.task)
+  members = population.expand(config, task.hparam_keys)
+  dataset = load_dataset(config.data)
+  trainer = Trainer(config, dataset, members, task)
+  state = trainer.init(jax.tree.map(jnp.asarray, population.stack(members)))
+  checkpointer = ckpt_lib.Checkpointer(Path(workdir) / 'checkpoints', config.train.checkpoint_keep)
+  try:
+    restored = checkpointer.restore_latest(state)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f'No checkpoint in {Path(workdir) / "checkpoints"}; train the run first')
+  return trainer, dataset, members, restored[1]
+
+
+def member_variables(state: MemberState, i: int) -> dict:
+  """Member i's best parameters (and batch statistics etc.) as Flax variables."""
+  take = lambda tree: jax.tree.map(lambda a: a[i], tree)
+  return {'params': take(state.best_params), **take(state.best_model_state)}
+
+
 def _fmt(loss) -> str:
   return f'{loss:.4g}' if np.isfinite(loss) else 'none (diverged on its first step)'
 

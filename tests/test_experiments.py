@@ -134,3 +134,16 @@ def test_vae_studies_smoke(tmp_path):
       assert (tmp_path / exp / f).stat().st_size > 0
   iwae = results.read(tmp_path / 'vae_optimizers' / 'results.json')['iwae']
   assert iwae['monotone'] and iwae['k'] == [1, 5, 50]
+
+
+@pytest.mark.slow
+def test_issue4_studies_smoke(tmp_path):
+  for exp, n_rows in (('forecast', 2 + 2 * 3), ('text', 1 + 3)):
+    _reproduce(tmp_path, f'--experiment={exp}', f'--workdir={tmp_path / exp}')
+    out = results.read(tmp_path / exp / 'results.json')
+    assert len(out['rows']) == n_rows and all(np.isfinite(r['value']) for r in out['rows'])
+  report = (tmp_path / 'text' / 'report.md').read_text()
+  assert report.count('temperature 0.5') == 3 and report.count('temperature 1.0') == 3
+  from research.experiments import hybrid_ablation
+  out = hybrid_ablation.run(tmp_path / 'ablation', 'smoke', datasets=['mnist1d'])
+  assert len(out['rows']) == 4 * 2  # 4 models x 2 training fractions

@@ -256,3 +256,43 @@ def test_greedy_sampling_equals_stepwise_argmax():
   b = text_models.sample(m, v, prime, 20, jax.random.key(2), temperature=1.0, context=6)
   np.testing.assert_array_equal(a, b)
   assert a.min() >= 0 and a.max() < 11
+
+
+# --- forecasting ------------------------------------------------------------------------
+
+
+def _forecast(**kw):
+  return data.load_dataset(ml_collections.ConfigDict(dict(name='forecast', **kw)))
+
+
+def test_forecast_windows_follow_the_series_and_train_statistics():
+  from research.data import forecast
+  ds = _forecast(series='airline', window=24, horizon=12)
+  info, raw = ds.info, forecast.load_series('airline')
+  assert ds.train['x'].shape[1:] == (24, 1) and ds.test['y'].shape[1:] == (12,)
+  # Every window is the (log, normalised) series at its origin; targets stay in their split.
+  for split in ('train', 'val', 'test'):
+    s, o = getattr(ds, split), info['origins'][split]
+    np.testing.assert_allclose(forecast.to_original(s['y'], info),
+                               raw[o[:, None] + np.arange(12)], rtol=1e-5)
+    np.testing.assert_allclose(forecast.to_original(s['x'][..., 0], info),
+                               raw[o[:, None] + np.arange(-24, 0)], rtol=1e-5)
+    a, b = info['bounds'][split]
+    assert o.min() >= a and o.max() + 12 <= b
+  assert info['bounds']['test'] == (120, 144)  # the classic 1959-1960 hold-out
+  # Normalisation statistics come from the training period only.
+  t_val = info['bounds']['val'][0]
+  assert info['mean'] == pytest.approx(np.log(raw[:t_val]).mean())
+  assert info['std'] == pytest.approx(np.log(raw[:t_val]).std())
+  # Seasonal naive: the same month of the last year observed before the origin.
+  o = info['origins']['test']
+  np.testing.assert_array_equal(info['seasonal_naive']['test'], raw[o[:, None] + np.arange(12) - 12])
+
+
+def test_forecast_bad_config_is_named():
+  with pytest.raises(ValueError, match='unknown series'):
+    _forecast(series='sunspots')
+  with pytest.raises(ValueError, match='seasonal-naive lag'):
+    _forecast(window=6)
+  with pytest.raises(ValueError, match='no training window'):
+    _forecast(window=60, horizon=24)

@@ -11,29 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import checkpoint as ckpt_lib
-from research import population
-from research.data import load_dataset
 from research.models import vae
-from research.tasks import make_task
-from research.train import Trainer
+from research.train import load_trained
 
 
 def load_members(config, workdir: str | Path):
   """(model, dataset, members, [best params of each member])."""
-  task = make_task(config.task)
-  members = population.expand(config, task.hparam_keys)
-  dataset = load_dataset(config.data)
-  trainer = Trainer(config, dataset, members, task)
-  state = trainer.init(jax.tree.map(jnp.asarray, population.stack(members)))
-  checkpointer = ckpt_lib.Checkpointer(Path(workdir) / 'checkpoints', config.train.checkpoint_keep)
-  try:
-    restored = checkpointer.restore_latest(state)
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise FileNotFoundError(f'No checkpoint in {Path(workdir) / "checkpoints"}; train the run first')
-  state = restored[1]
+  trainer, dataset, members, state = load_trained(config, workdir)
   params = [jax.tree.map(lambda a, i=i: a[i], state.best_params) for i in range(len(members))]
   return trainer.model, dataset, members, params
 

@@ -63,6 +63,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   from research.data import ucr  # noqa: F401
   from research.data import video  # noqa: F401
   from research.data import text  # noqa: F401
+  from research.data import forecast  # noqa: F401
   if config.name not in _LOADERS:
     raise ValueError(
         f'Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}')

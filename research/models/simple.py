@@ -10,7 +10,7 @@ class Linear(nn.Module):
   num_outputs: int = 10
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, lengths=None):  # padded steps are zeros
     return nn.Dense(self.num_outputs)(x.reshape(x.shape[0], -1))
 
 
@@ -21,7 +21,7 @@ class ResidualMLP(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, lengths=None):  # padded steps are zeros
     h = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
     h = h + nn.relu(nn.Dense(self.hidden)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
