@@ -273,10 +273,11 @@ def test_forecast_windows_follow_the_series_and_train_statistics():
   # Every window is the (log, normalised) series at its origin; targets stay in their split.
   for split in ('train', 'val', 'test'):
     s, o = getattr(ds, split), info['origins'][split]
-    np.testing.assert_allclose(forecast.to_original(s['y'], info),
+    np.testing.assert_allclose(forecast.to_original(s['y'], info, split),
                                raw[o[:, None] + np.arange(12)], rtol=1e-5)
-    np.testing.assert_allclose(forecast.to_original(s['x'][..., 0], info),
+    np.testing.assert_allclose(forecast.to_original(s['x'][..., 0], info, split),
                                raw[o[:, None] + np.arange(-24, 0)], rtol=1e-5)
+    np.testing.assert_allclose(s['x'][:, -1, 0], 0.0, atol=1e-6)  # relative to the last input
     a, b = info['bounds'][split]
     assert o.min() >= a and o.max() + 12 <= b
   assert info['bounds']['test'] == (120, 144)  # the classic 1959-1960 hold-out
@@ -287,6 +288,10 @@ def test_forecast_windows_follow_the_series_and_train_statistics():
   # Seasonal naive: the same month of the last year observed before the origin.
   o = info['origins']['test']
   np.testing.assert_array_equal(info['seasonal_naive']['test'], raw[o[:, None] + np.arange(12) - 12])
+  # Levels (no per-window offset) map back to the same values.
+  levels = _forecast(window_norm='none')
+  np.testing.assert_allclose(forecast.to_original(levels.test['y'], levels.info),
+                             forecast.to_original(ds.test['y'], info, 'test'), rtol=1e-5)
 
 
 def test_forecast_bad_config_is_named():

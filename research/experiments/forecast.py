@@ -43,7 +43,7 @@ def predict(config, workdir: Path):
   apply = jax.jit(lambda v, x: trainer.model.apply(v, x))
   out = [np.asarray(apply(member_variables(state, i), ds.test['x'])).reshape(ds.test['y'].shape)
          for i in range(len(members))]
-  return ds, fc.to_original(np.stack(out), ds.info)
+  return ds, np.stack([fc.to_original(o, ds.info, 'test') for o in out])
 
 
 def run(workdir: str | Path, budget: str = 'full') -> dict:
@@ -64,7 +64,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
       ds, pred = predict(config, run_dir)
       info = ds.info
       if truth is None:
-        truth = fc.to_original(ds.test['y'], info)
+        truth = fc.to_original(ds.test['y'], info, 'test')
         naive = info['seasonal_naive']['test']
         rows.append(results.row(f'{series} seasonal naive', 'test_mae', [scores(naive, truth)['mae']]))
         rows.append(results.row(f'{series} seasonal naive', 'test_rmse',
