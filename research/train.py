@@ -395,8 +395,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           if k != 'ok':
             rec[f'train/{k}'] = float(v[i][ok].mean()) if ok.any() else float('nan')
         for split, vals in evals.items():
+          # Without a validation split the train split is also evaluated (eval mode,
+          # for selection): 'train_eval/' keeps it apart from the training-step means.
+          name = 'train_eval' if split == 'train' else split
           for k, v in vals.items():
-            rec[f'{split}/{k}'] = float(v[i])
+            rec[f'{name}/{k}'] = float(v[i])
         records.append(rec)
       logger.write(records)
       if progress is not None:

@@ -266,6 +266,8 @@ def test_ucr_config_trains_with_augmentation_and_selects_on_training_loss(tmp_pa
   # before the end.
   import json
   recs = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert all('train/loss' in r and not any(k.startswith(('test/', 'val/')) for k in r)
-             for r in recs)
+  assert all('train/loss' in r and 'train_eval/loss' in r
+             and not any(k.startswith(('test/', 'val/')) for k in r) for r in recs)
+  # Training-step means (augmented, train mode) and the eval-mode pass differ.
+  assert any(r['train/loss'] != r['train_eval/loss'] for r in recs)
   assert all(0 <= m['test/accuracy'] <= 1 for m in out['members'])
