@@ -340,6 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   state = trainer.init(hp)
   checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', config.train.checkpoint_keep)
   start_epoch = 0
+  meta = {}
   restored = checkpointer.restore_latest(state)
   if restored is not None:
     start_epoch, state, meta = restored
@@ -360,15 +361,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     from tqdm.auto import tqdm
     progress = tqdm(total=epochs, initial=start_epoch, desc=config.experiment,
                     unit='epoch', leave=False, dynamic_ncols=True)
-  t_start = time.time()
-  compile_s = None
+  # Wall time and compile time add up over resumed pieces (kept in the checkpoint's meta).
+  t_start = time.time() - float(meta.get('train_time_s', 0.0))
+  compile_s = meta.get('compile_time_s')
   epoch_metrics = []
   try:
     for epoch in range(start_epoch, epochs):
       t0 = time.time()
       state, metrics = trainer.train_epoch(state, hp, train_data)
       epoch_metrics.append(metrics)
-      if compile_s is None:
+      if epoch == start_epoch and compile_s is None:
         jax.block_until_ready(state.step)
         compile_s = time.time() - t0
       if progress is not None:
@@ -405,7 +407,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       if progress is not None:
         sel = evals[select_split][task.select_metric]
         progress.set_postfix({f'{select_split}/{task.select_metric}': f'{np.nanmean(sel):.4f}'})
-      checkpointer.save(done, state, {'epoch': done})
+      checkpointer.save(done, state, {'epoch': done, 'train_time_s': time.time() - t_start,
+                                      'compile_time_s': compile_s})
 
       for i in np.flatnonzero(flags['diverged']):
         if i not in reported:
