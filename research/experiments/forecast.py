@@ -51,7 +51,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   b = BUDGETS[budget]
   t0 = time.time()
-  rows, extra, lines, plots = [], {}, [], {}
+  rows, extra, plots = [], {}, {}
   for series in b['series']:
     truth = naive = None
     fig, ax = plt.subplots(figsize=(8, 4))
