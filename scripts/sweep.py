@@ -6,13 +6,19 @@
 The space is the config file's ``get_search_space(--space)``. Re-running the same
 command resumes (finished trials are kept, interrupted ones retried); running it in
 two shells splits the work. ``--storage`` takes 'journal' (default, a file in the
-workdir), 'sqlite' or an SQLAlchemy URL (e.g. postgresql://...) for many machines.
+workdir), 'sqlite' or an SQLAlchemy URL (e.g. postgresql://...) for many machines;
+on those, workers send heartbeats and a trial whose worker went silent (a dead
+machine) is retried by the others.
 """
 import importlib.util
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from research.devices import configure_cpu_devices
+
+configure_cpu_devices()  # before JAX starts: one CPU device per core (research/devices.py)
+
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags
 
 from research import cli
@@ -30,6 +36,9 @@ _BATCH = flags.DEFINE_integer('population_size', 8,
                               'vmapped population.')
 _STORAGE = flags.DEFINE_string('storage', 'journal', "'journal', 'sqlite' or an SQLAlchemy URL.")
 _STUDY = flags.DEFINE_string('study_name', 'sweep', 'Optuna study name inside the storage.')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_s', 60, 'With sqlite or a URL storage: seconds between trial heartbeats; a trial '
+    'silent for 3x this is retried by another worker (0: off).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampler seed (random draws, TPE/GP).')
 _SAMPLER = flags.DEFINE_enum('sampler', 'tpe', list(runner.SAMPLERS),
                              'Bayesian sampler: TPE, or GP (needs torch).')
@@ -61,7 +70,8 @@ def main(argv):
     out = runner.run_sweep(
         _CONFIG.value, space, _METHOD.value, _TRIALS.value, _WORKDIR.value,
         storage=_STORAGE.value, study_name=_STUDY.value, batch=_BATCH.value, seed=_SEED.value,
-        bayes_sampler=_SAMPLER.value, config_ref=ref)
+        bayes_sampler=_SAMPLER.value, config_ref=ref,
+        heartbeat_s=_HEARTBEAT.value)
   except (SearchSpaceError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

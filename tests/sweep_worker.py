@@ -56,6 +56,7 @@ def sweep(workdir, method, trials, batch=4, space=None, **kw):
                           train_fn=fake_train, **kw)
 
 
-if __name__ == '__main__':  # workdir method trials batch sleep
+if __name__ == '__main__':  # workdir method trials batch sleep [storage heartbeat_s]
   SLEEP = float(sys.argv[5])
-  sweep(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+  extra = dict(storage=sys.argv[6], heartbeat_s=int(sys.argv[7])) if len(sys.argv) > 6 else {}
+  sweep(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), **extra)

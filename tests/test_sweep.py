@@ -111,9 +111,9 @@ def test_budget_ranges_conditions_and_nan_trials(tmp_path, method, monkeypatch):
     sw.sweep(tmp_path, 'bayes' if method == 'random' else 'random', 11)
 
 
-def _worker(workdir, method, trials, batch, sleep):
+def _worker(workdir, method, trials, batch, sleep, *extra):
   return subprocess.Popen([sys.executable, 'tests/sweep_worker.py', str(workdir), method,
-                           str(trials), str(batch), str(sleep)], cwd=REPO,
+                           str(trials), str(batch), str(sleep), *map(str, extra)], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, 'PYTHONPATH': str(REPO)})
 
@@ -166,6 +166,38 @@ def test_two_concurrent_workers_split_the_budget(tmp_path):
   assert len({t.user_attrs['worker'] for t in trials}) == 2  # both did work
   assert sum(len(c['members']) for c in _calls(tmp_path)) == 10
 
+
+
+def test_a_dead_machines_trials_are_retried_when_its_heartbeats_stop(tmp_path, monkeypatch):
+  # Two "machines": workdirs a and b share one SQLite storage but no lock files, and
+  # b runs under another host name, so only heartbeats (every 1 s, stale after 3 s)
+  # can tell that a died.
+  db = f'sqlite:///{tmp_path / "shared.db"}'
+  planned = runner._plan('random', sw.SPACE, 6, 0)
+  proc = _worker(tmp_path / 'a', 'random', 6, 2, 60.0, db, 1)
+  deadline, running = time.time() + 120, []
+  while time.time() < deadline and not running:
+    time.sleep(0.5)
+    if (tmp_path / 'shared.db').exists() and (tmp_path / 'a' / 'calls.jsonl').exists():
+      running = [t for t in _study(tmp_path, db).trials if t.state == TS.RUNNING]
+  assert len(running) == 2, proc.stderr.read() if proc.poll() is not None else running
+  monkeypatch.setattr(runner.socket, 'gethostname', lambda: 'machine-b')
+  store = runner.make_storage(db, tmp_path / 'b', heartbeat_s=1)
+  time.sleep(4)  # past the grace period: a live worker's trials are not touched
+  runner.recover_orphans(optuna.load_study(study_name='sweep', storage=store), tmp_path / 'b')
+  assert [t.state for t in _study(tmp_path, db).trials if t.number < 2] == [TS.RUNNING] * 2
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  time.sleep(4)
+  out = sw.sweep(tmp_path / 'b', 'random', 6, batch=2, storage=db, heartbeat_s=1)
+  trials = _study(tmp_path, db).trials
+  done = [t for t in trials if t.state == TS.COMPLETE]
+  assert sorted(_key(t.params) for t in done) == sorted(map(_key, planned))
+  assert {t.number for t in trials if t.state == TS.FAIL} == {t.number for t in running}
+  assert sorted((t.user_attrs['retry_of'], t.user_attrs['retry_reason'])
+                for t in done if 'retry_of' in t.user_attrs) == [
+                    (t.number, 'no heartbeat') for t in running]
+  assert out['states'] == {**out['states'], 'COMPLETE': 6, 'FAIL': 2, 'RUNNING': 0}
 
 @pytest.mark.slow
 def test_cli_sweeps_the_digits_vae_and_fails_a_diverging_trial(tmp_path):

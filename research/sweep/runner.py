@@ -33,10 +33,14 @@
   same run directory; Optuna pops the oldest queued trials first, so a retry
   may be batched with other trials). Finished trials are never redone, and
   interrupted ones do not count against the budget. Two workers on one
-  workdir split the work (the ask lock makes the budget exact); workers on
-  other machines sharing an RDB storage but not the workdir do not see each
-  other's locks, so their RUNNING trials are never taken for orphans and the
-  budget may be overshot by up to a batch per worker.
+  workdir split the work (the ask lock makes the budget exact). Workers on
+  other machines share an RDB storage (``'sqlite'`` on a shared disk, or a
+  URL) but not the locks, so there Optuna's heartbeats decide: each worker
+  records one per running trial every ``heartbeat_s`` seconds, and a RUNNING
+  trial whose last heartbeat is older than ``3 * heartbeat_s`` is failed by
+  the next worker that asks (`optuna.storages.fail_stale_trials`) and queued
+  again the same way. Across machines the budget may be overshot by up to a
+  batch per worker (each machine has its own ask lock).
 
 Outputs (`research.sweep.report`): ``trials.csv``, ``trials.md``,
 ``best_so_far.png``, ``importance.json``, ``best_config.txt`` (a ready
@@ -53,6 +57,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import uuid
 import warnings
@@ -71,16 +76,58 @@ SAMPLERS = ('tpe', 'gp')
 TrialState = optuna.trial.TrialState
 
 
-def make_storage(storage: str | None, workdir: Path):
-  """None/'journal' -> journal file in workdir; 'sqlite' -> SQLite file there; else a URL."""
+def make_storage(storage: str | None, workdir: Path, heartbeat_s: int = 0):
+  """None/'journal' -> journal file in workdir; 'sqlite' -> SQLite file there; else a URL.
+
+  ``heartbeat_s > 0`` turns on Optuna's trial heartbeats for the RDB storages
+  (sqlite and URLs): a trial silent for ``3 * heartbeat_s`` is stale and retried.
+  The journal file has none; its workers share the workdir's locks instead."""
   if storage in (None, '', 'journal'):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     return JournalStorage(JournalFileBackend(str(workdir / 'optuna.journal')))
   if storage == 'sqlite':
-    return f'sqlite:///{(workdir / "optuna.db").absolute()}'
-  if '://' not in storage:
+    storage = f'sqlite:///{(workdir / "optuna.db").absolute()}'
+  elif '://' not in storage:
     raise ValueError(f"--storage must be 'journal', 'sqlite' or an SQLAlchemy URL, got {storage!r}")
-  return storage
+  if heartbeat_s <= 0:
+    return storage
+  # Optuna calls heartbeats 'experimental' and warns that they are meant for
+  # Study.optimize; we record them ourselves around ask/tell (`_heartbeats`).
+  warnings.filterwarnings('ignore', 'Heartbeat of storage is supposed', UserWarning)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+    return optuna.storages.RDBStorage(storage, heartbeat_interval=int(heartbeat_s),
+                                      grace_period=3 * int(heartbeat_s),
+                                      heartbeat_stale_trial_callback=_requeue_stale)
+
+
+@contextlib.contextmanager
+def _heartbeats(study: optuna.Study, trials):
+  """Records a heartbeat for each of ``trials`` now and every interval until exit."""
+  storage = study._storage  # an RDBStorage comes wrapped in Optuna's cache: duck-type it
+  interval = getattr(storage, 'get_heartbeat_interval', lambda: None)()
+  if not interval:
+    yield
+    return
+  stop = threading.Event()
+
+  def beat():
+    while True:
+      for t in trials:
+        try:
+          storage.record_heartbeat(t._trial_id)
+        except Exception as e:  # noqa: BLE001 - a missed beat must not kill training
+          logging.warning('heartbeat for trial %d failed: %s', t.number, e)
+      if stop.wait(interval):
+        return
+
+  thread = threading.Thread(target=beat, name='sweep-heartbeat', daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
 
 
 @contextlib.contextmanager
@@ -178,18 +225,37 @@ def _signature(method, space, trials, config, seed, bayes_sampler) -> dict[str, 
 
 def _counts(trials) -> dict[str, int]:
   out = {'interrupted': 0, 'waiting': 0, 'counted': 0}
+  retried = {t.user_attrs['retry_of'] for t in trials if 'retry_of' in t.user_attrs}
   for t in trials:
     if t.state == TrialState.WAITING:
       out['waiting'] += 1
-    elif t.state == TrialState.FAIL and t.user_attrs.get('fail_reason') == 'interrupted':
+    elif t.state == TrialState.FAIL and (t.user_attrs.get('fail_reason') == 'interrupted'
+                                         or t.number in retried):
       out['interrupted'] += 1
     else:
       out['counted'] += 1
   return out
 
 
+def _requeue(study: optuna.Study, t, reason: str) -> None:
+  """Queues a failed, interrupted trial again with the same parameters."""
+  # A planned trial retries its whole planned point (the asker may have died before
+  # suggesting every parameter); a Bayesian one keeps what it had drawn.
+  params = t.system_attrs.get('fixed_params') or dict(t.params)
+  study.enqueue_trial(dict(params), user_attrs={
+      'retry_of': t.number, 'retry_reason': reason,
+      **{k: v for k, v in t.user_attrs.items() if k in ('point',)}})
+
+
+def _requeue_stale(study: optuna.Study, t) -> None:
+  """Optuna's callback for a trial it failed for lack of heartbeats."""
+  logging.warning('Trial %d sent no heartbeat (its worker died or hangs); queued again', t.number)
+  _requeue(study, t, 'no heartbeat')
+
+
 def recover_orphans(study: optuna.Study, workdir: Path) -> list[int]:
-  """RUNNING trials of dead local workers -> FAIL ('interrupted') + a queued retry."""
+  """RUNNING trials of dead local workers -> FAIL ('interrupted') + a queued retry;
+  with heartbeats on, also trials of any worker whose heartbeat went stale."""
   retried = []
   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
     if _worker_alive(workdir, t.user_attrs.get('worker')):
@@ -200,14 +266,13 @@ def recover_orphans(study: optuna.Study, workdir: Path) -> list[int]:
         continue
     except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
       continue  # another worker got there first
-    # A planned trial retries its whole planned point (the asker may have died before
-    # suggesting every parameter); a Bayesian one keeps what it had drawn.
-    params = t.system_attrs.get('fixed_params') or dict(t.params)
-    study.enqueue_trial(dict(params), user_attrs={
-        'retry_of': t.number, **{k: v for k, v in t.user_attrs.items() if k in ('point',)}})
+    _requeue(study, t, 'worker died')
     retried.append(t.number)
   if retried:
     logging.warning('Trials %s were interrupted (their worker died); queued again', retried)
+  with warnings.catch_warnings():  # fail_stale_trials is 'experimental'
+    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+    optuna.storages.fail_stale_trials(study)  # calls _requeue_stale for each
   return retried
 
 
@@ -250,8 +315,10 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
               study_name: str = 'sweep', batch: int = 8, seed: int = 0,
               bayes_sampler: str = 'tpe', startup: int | None = None,
               train_fn: Callable | None = None, config_ref: str = '',
-              report: bool = True) -> dict:
-  """Runs (or resumes, or joins) a sweep; returns its summary (results.json)."""
+              report: bool = True, heartbeat_s: int = 60) -> dict:
+  """Runs (or resumes, or joins) a sweep; returns its summary (results.json).
+
+  ``heartbeat_s``: seconds between trial heartbeats on RDB storages (0: off)."""
   from research.sweep import report as report_lib
   if method not in METHODS:
     raise ValueError(f'Unknown sweep method {method!r}; known: {list(METHODS)}')
@@ -274,7 +341,7 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   if planned is not None:
     trials = len(planned)
   signature = _signature(method, space, trials, config, seed, bayes_sampler)
-  store = make_storage(storage, workdir)
+  store = make_storage(storage, workdir, heartbeat_s)
   worker = _Worker(workdir)
   lock = workdir / 'sweep.lock'
   t_start = time.time()
@@ -318,7 +385,8 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
           asked.append((t, space_lib.suggest(t, space)))
       if not asked:
         break
-      _train_batch(study, config, asked, member_keys, metric, workdir, train_fn)
+      with _heartbeats(study, [t for t, _ in asked]):
+        _train_batch(study, config, asked, member_keys, metric, workdir, train_fn)
     if report:
       with _flock(lock):
         return report_lib.write(study, workdir, space, config, config_ref, t_start)
