@@ -82,8 +82,9 @@ def run(workdir: str | Path, budget: str = 'full', datasets=None) -> dict:
     for variant, (label, role) in models.items():
       e = extra[f'{ds} {label} ({100 * full:g}% train)']
       a, c = 100 * acc[(variant, full)], 100 * acc[(variant, low)]
-      lines.append(f'| {label} | {role} | {e["num_params"]} | {a.mean():.1f} ± {a.std():.1f} | '
-                   f'{c.mean():.1f} ± {c.std():.1f} | {a.mean() - c.mean():.1f} | '
+      lines.append(f'| {label} | {role} | {e["num_params"]} | '
+                   f'{a.mean():.1f} ± {a.std(ddof=1):.1f} | '
+                   f'{c.mean():.1f} ± {c.std(ddof=1):.1f} | {a.mean() - c.mean():.1f} | '
                    f'{e["ms_per_step"]:.0f} |')
     sections.append('\n'.join(lines))
   wall = time.time() - t0
@@ -91,7 +92,7 @@ def run(workdir: str | Path, budget: str = 'full', datasets=None) -> dict:
                       wall_time_s=wall, runs=extra)
   write_report(workdir, 'Hybrid ablation: what the CNN and the LSTM each add',
                f'Budget `{budget}`. Test accuracy (%) of the validation- (or training-loss-) '
-               'selected checkpoint, mean ± std over seeds; "drop" is the loss of accuracy '
+               'selected checkpoint, mean ± sample std over seeds; "drop" is the loss of accuracy '
                'when only the smaller training fraction is kept (stratified; validation and '
                'test unchanged). ms / step: training time per step of the whole population, '
                'after the first (compiling) epoch, evaluation included.',

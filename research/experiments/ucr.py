@@ -82,7 +82,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
     for m in b['models']:
       a = 100 * np.asarray(table[(ds, m)])
       pub = PUBLISHED.get((ds, m), (None,))[0]
-      cells.append(f'{a.mean():.1f} ± {a.std():.1f}' + (f' ({100 * pub:.1f})' if pub else ''))
+      cells.append(f'{a.mean():.1f} ± {a.std(ddof=1):.1f}' + (f' ({100 * pub:.1f})' if pub else ''))
     grid.append(f'| {ds} | ' + ' | '.join(cells) + ' |')
   cost = ['| run | parameters | train time (s) | best epochs |', '|---|---|---|---|']
   cost += [f'| {n} | {e["num_params"]} | {e["train_time_s"]:.0f} | {e["best_epochs"]} |'
@@ -90,7 +90,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   write_report(
       workdir, 'UCR/UEA time-series classification',
       f'Budget `{budget}`: test accuracy (%) of the epoch with the lowest training loss '
-      f'(Fawaz et al. 2019 protocol), mean ± std over seeds {b["seeds"]}; published values '
+      f'(Fawaz et al. 2019 protocol), mean ± sample std over seeds {b["seeds"]}; published values '
       f'in parentheses. Epochs per set: {b["epochs"]} (Fawaz et al. trained 2000).',
       ['\n'.join(grid), results.markdown_table(rows, scale=100, digits=1), '\n'.join(cost)],
       {f'{ds} training loss': f'{ds}_curves.png' for ds in b['datasets']}, wall)
