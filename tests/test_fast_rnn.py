@@ -3,15 +3,18 @@
 Same parameters, same inputs: `Recurrent(fast=True)` and `Recurrent(fast=False)`
 must give the same outputs, final states and gradients (parameters and inputs)
 for every cell and LSTM variant, with masking, both directions, stacks,
-truncation, and under vmap (populations). No timing here: scripts/benchmark.py.
+truncation, and under vmap (populations). The hand-written steps of the standard
+LSTM and the GRU are also checked against fast_rnn's generic (jax.vjp) step.
+No timing here: scripts/benchmark.py.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.models.cells import LSTM_VARIANTS
-from research.models.recurrent import Recurrent
+from research.models.cells import LSTM_VARIANTS, make_cell
+from research.models.fast_rnn import fast_scan
+from research.models.recurrent import Recurrent, length_mask
 
 B, T, D, H = 3, 7, 4, 5
 LENGTHS = jnp.array([7, 4, 1])
@@ -123,6 +126,64 @@ def test_fallbacks_keep_working():
 
 def test_padding_garbage_never_reaches_gradients():
   fast, _, params, x = _pair('lstm')
+  x = jnp.where(jnp.arange(T)[None, :, None] < LENGTHS[:, None, None], x, 1e6)
+  _, (gp, gx) = _loss(fast)(params, x, LENGTHS)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(gp))
+  mask = np.arange(T)[None, :] < np.asarray(LENGTHS)[:, None]
+  np.testing.assert_array_equal(np.asarray(gx)[~mask], 0.0)
+
+
+# ---- the hand-written steps (standard LSTM, GRU) against the generic custom-VJP step ----
+
+def _direct_loss(cell, manual, truncation):
+  """Loss over every output and the final carry of fast_scan run directly on the cell's spec."""
+  def loss(params, x, lengths):
+    _, step, carry0 = cell.apply(params, x)
+    mask = length_mask(lengths, B, T)
+    ys, final = fast_scan(step.fast, x, carry0(B), mask, truncation, manual=manual)
+    w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+    return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(f)) for f in jax.tree.leaves(final))
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+@pytest.mark.parametrize('kind,opts,manual', [('lstm', {'variant': 'standard'}, 'lstm'),
+                                              ('lstm', {'variant': 'NP'}, 'lstm'),
+                                              ('gru', {}, 'gru')])
+@pytest.mark.parametrize('truncation', [0, 3])
+def test_hand_written_steps_match_generic_step(kind, opts, manual, truncation):
+  cell = make_cell(kind, H, **opts)
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
+  params = _randomize(cell.init(jax.random.PRNGKey(1), x), jax.random.PRNGKey(2))
+  assert cell.apply(params, x)[1].fast.manual == manual
+  for lengths in (None, LENGTHS):
+    (l1, g1), (l2, g2) = (_direct_loss(cell, m, truncation)(params, x, lengths)
+                          for m in (True, False))
+    np.testing.assert_allclose(l1, l2, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g2)
+
+
+@pytest.mark.parametrize('opts', [{'variant': 'vanilla'}, {'variant': 'NOAF'}, {'variant': 'FGR'},
+                                  {'variant': 'standard', 'input_gate_act': 'hard_sigmoid'}])
+def test_other_lstms_use_the_generic_step(opts):
+  cell = make_cell('lstm', H, **opts)
+  x = jnp.zeros((B, T, D))
+  assert cell.apply(cell.init(jax.random.PRNGKey(0), x), x)[1].fast.manual is None
+
+
+@pytest.mark.parametrize('cell,opts', [('lstm', {'variant': 'standard'}), ('gru', None)])
+def test_hand_written_float64_gradients_match_generic_exactly(cell, opts):
+  with jax.enable_x64(True):
+    fast, slow, params, x = _pair(cell, cell_options=opts, truncation=2)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = x.astype(jnp.float64)
+    (l1, g1), (l2, g2) = _loss(fast)(params, x, LENGTHS), _loss(slow)(params, x, LENGTHS)
+    np.testing.assert_allclose(l1, l2, rtol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), g1, g2)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_hand_written_padding_garbage_never_reaches_gradients(cell):
+  fast, _, params, x = _pair(cell, cell_options={'variant': 'standard'} if cell == 'lstm' else None)
   x = jnp.where(jnp.arange(T)[None, :, None] < LENGTHS[:, None, None], x, 1e6)
   _, (gp, gx) = _loss(fast)(params, x, LENGTHS)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(gp))

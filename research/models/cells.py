@@ -167,7 +167,9 @@ class LSTMCell(nn.Module):
       rec_in = lambda carry: jnp.concatenate([carry[1], carry[2]], -1)
     else:
       R_in, rec_in = R, _lstm_output
-    step.fast = FastSpec(W, b, R_in, P, _drop_aux(pointwise), rec_in, additive=True)
+    standard = self.variant in ('standard', 'NP') and self.input_gate_act == 'sigmoid'
+    manual = 'lstm' if standard else None
+    step.fast = FastSpec(W, b, R_in, P, _drop_aux(pointwise), rec_in, additive=True, manual=manual)
     return xp, step, carry0
 
 
@@ -196,7 +198,7 @@ class GRUCell(nn.Module):
     def step(h, xp_t):
       return pointwise(b_hn, xp_t, h @ R, h)
 
-    step.fast = FastSpec(W, b, R, b_hn, _drop_aux(pointwise), _identity)
+    step.fast = FastSpec(W, b, R, b_hn, _drop_aux(pointwise), _identity, manual='gru')
     return xp, step, lambda batch: jnp.zeros((batch, H), xp.dtype)
 
 
@@ -291,7 +293,8 @@ class FastSpec(NamedTuple):
   ``pointwise`` is elementwise in the batch (it may slice gates and use ``pp``,
   the cell's non-matrix parameters such as peepholes), ``rec_in`` picks the
   recurrent matmul's input from the carry (it must also work with a leading time
-  axis). `step` computes exactly this, with the auxiliary gates added."""
+  axis). The K columns of W and R are G gate blocks as wide as y. `step`
+  computes exactly this, with the auxiliary gates added."""
   W: jnp.ndarray
   b: jnp.ndarray
   R: jnp.ndarray
@@ -299,6 +302,9 @@ class FastSpec(NamedTuple):
   pointwise: Callable
   rec_in: Callable
   additive: bool = False  # pointwise uses xp_t and hr only through xp_t + hr
+  # fast_rnn's hand-written step with the same math as pointwise: 'lstm' (the
+  # standard LSTM: gates z, i, f, o, no peepholes, sigmoid gates) or 'gru'.
+  manual: str | None = None
 
 
 def _drop_aux(pointwise: Callable) -> Callable:
