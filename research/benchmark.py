@@ -62,15 +62,21 @@ class Shape:
 # ---- timing ----
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int,
-                     max_seconds: float | None = None) -> dict[str, dict[str, Any]]:
+                     max_seconds: float | None = None,
+                     warmup: int = 0) -> dict[str, dict[str, Any]]:
   """Calls every fn once per round, in turn; returns per-fn timing statistics (ms).
 
-  Stops early (after at least 3 rounds) once ``max_seconds`` have passed."""
+  ``warmup``: untimed calls of each fn right before its timed one, so that it is
+  timed in its steady state (caches holding its own buffers, as in a training
+  loop) and not just after another candidate evicted them. Stops early (after
+  at least 3 rounds) once ``max_seconds`` have passed."""
   wall = {k: [] for k in fns}
   cpu = {k: [] for k in fns}
   start = time.perf_counter()
   for r in range(rounds):
     for k, fn in fns.items():
+      for _ in range(warmup):
+        fn()
       c0, t0 = time.process_time(), time.perf_counter()
       fn()
       wall[k].append(time.perf_counter() - t0)
@@ -218,7 +224,7 @@ def torch_candidate(cell: str, shape: Shape, train: bool, threads: int) -> Candi
 
 def recurrent_case(cell: str, shape: Shape, train: bool, rounds: int, torch_threads: list[int],
                    references: list[str], variant: str | None = None,
-                   max_seconds: float | None = None) -> dict[str, Any]:
+                   max_seconds: float | None = None, warmup: int = 0) -> dict[str, Any]:
   """Times ours (fast, generic) against the references on one cell and shape."""
   opts = {'variant': variant or 'standard'} if cell == 'lstm' else None
   cands: dict[str, Candidate] = {
@@ -232,7 +238,7 @@ def recurrent_case(cell: str, shape: Shape, train: bool, rounds: int, torch_thre
   if 'torch' in references and torch_available() and (variant in (None, 'standard', 'NP')):
     for n in torch_threads:
       cands[f'torch {n}T'] = torch_candidate(cell, shape, train, n)
-  stats = time_interleaved({k: c.run for k, c in cands.items()}, rounds, max_seconds)
+  stats = time_interleaved({k: c.run for k, c in cands.items()}, rounds, max_seconds, warmup)
   flops = shape.flops(cell, train)
   out = {}
   for k, c in cands.items():
@@ -241,7 +247,8 @@ def recurrent_case(cell: str, shape: Shape, train: bool, rounds: int, torch_thre
               'first_step_s': c.first_step_s}
   label = f'{cell if cell != "lstm" or not variant else f"lstm {variant}"}'
   return {'case': f'{label} {"train" if train else "forward"}', 'cell': cell,
-          'variant': variant, 'train': train, 'shape': dataclasses.asdict(shape),
+          'variant': variant, 'train': train, 'warmup': warmup,
+          'shape': dataclasses.asdict(shape),
           'flops': flops, 'candidates': out}
 
 

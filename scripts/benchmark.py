@@ -46,6 +46,10 @@ _INPUT = flags.DEFINE_integer('input', 32, 'Input features.')
 _HIDDEN = flags.DEFINE_integer('hidden', 128, 'Hidden units.')
 _CLASSES = flags.DEFINE_integer('classes', 10, 'Classes of the last-step head.')
 _ROUNDS = flags.DEFINE_integer('rounds', 20, 'Interleaved rounds per case (medians over them).')
+_WARMUP = flags.DEFINE_integer(
+    'warmup_calls', 0, 'Untimed calls of a recurrent candidate right before each timed one '
+    '(steady state: its own buffers in cache, as in a training loop; 0: timed right after the '
+    'other candidates).')
 _MAX_SECONDS = flags.DEFINE_float('max_seconds', 120.0, 'Stop a case after this long (>= 3 rounds).')
 _MATMUL = flags.DEFINE_integer('matmul', 2048, 'Size of the reference matmul (0: skip).')
 _MEMBERS = flags.DEFINE_list('population_members', ['1', '2', '4', '8', '16'],
@@ -57,8 +61,8 @@ flags.DEFINE_integer('cpu_devices', 0, 'CPU devices (0: one per core). Read befo
 flags.DEFINE_bool('passive_omp', True, 'OMP_WAIT_POLICY=PASSIVE for PyTorch (read before start).')
 flags.mark_flags_as_required(['workdir'])
 _OWN = {'workdir', 'cells', 'lstm_variants', 'modes', 'references', 'torch_threads', 'batch',
-        'length', 'input', 'hidden', 'classes', 'rounds', 'max_seconds', 'matmul',
-        'population_members', 'population_shapes', 'population_rounds', 'cpu_devices',
+        'length', 'input', 'hidden', 'classes', 'rounds', 'warmup_calls', 'max_seconds',
+        'matmul', 'population_members', 'population_shapes', 'population_rounds', 'cpu_devices',
         'passive_omp'}
 
 
@@ -87,7 +91,7 @@ def main(argv):
   for mode in _MODES.value:
     for cell, variant in jobs:
       case = bm.recurrent_case(cell, shape, mode == 'train', _ROUNDS.value, threads, refs,
-                               variant, _MAX_SECONDS.value)
+                               variant, _MAX_SECONDS.value, _WARMUP.value)
       out['recurrent'].append(case)
       logging.info('%s: %s', case['case'], {k: round(v['median_ms'], 1)
                                             for k, v in case['candidates'].items()})
