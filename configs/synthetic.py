@@ -40,7 +40,7 @@ def get_config(arg=None):
   for k, v in data_opts.items():
     c.data[k] = v
   cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
-  c.model = c.model.__class__(dict(name='rnn', cell=a.cell, hidden=a.hidden, num_layers=1,
+  c.model = configlib.model(dict(name='rnn', cell=a.cell, hidden=a.hidden, num_layers=1,
                                    bidirectional=False, readout=readout, truncation=a.trunc,
                                    truncation_k2=a.k2,
                                    cell_options=cell_options))

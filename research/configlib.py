@@ -35,6 +35,23 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def model(options: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A ``config.model`` ConfigDict from a dict of model options.
+
+  Models with a recurrent layer get ``fast=True`` unless the dict sets it, so
+  ``--config.model.fast=False`` (the autodiff scan instead of
+  `research.models.fast_rnn`; same values and gradients) works on any config.
+  """
+  import dataclasses
+
+  from research.models import MODELS
+  options = dict(options)
+  cls = MODELS.get(options.get('name'))
+  if cls is not None and 'fast' in {f.name for f in dataclasses.fields(cls)}:
+    options.setdefault('fast', True)
+  return ml_collections.ConfigDict(options)
+
+
 def get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:
   node = config
   for part in dotted.split('.'):

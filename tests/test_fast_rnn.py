@@ -189,3 +189,37 @@ def test_hand_written_padding_garbage_never_reaches_gradients(cell):
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(gp))
   mask = np.arange(T)[None, :] < np.asarray(LENGTHS)[:, None]
   np.testing.assert_array_equal(np.asarray(gx)[~mask], 0.0)
+
+
+@pytest.mark.parametrize('path,arg', [
+    ('configs/mnist1d.py', 'model=gru'), ('configs/mnist1d.py', 'model=cnn_gru'),
+    ('configs/ucr.py', 'model=lstm_fcn'), ('configs/video.py', 'model=lrcn'),
+    ('configs/text.py', 'model=cnn_lstm'), ('configs/synthetic.py', None)])
+def test_config_switch_model_fast_reaches_the_layer(path, arg):
+  """`--config.model.fast=False` exists on every config with a recurrent layer and
+  swaps the custom-VJP op for the autodiff scan (seen in the traced program), with
+  the same gradients."""
+  from research import cli
+  from research.models import build_model
+  config = cli.load_config(path, arg)
+  assert config.model.fast is True
+  shapes = {'mnist1d': (2, 40, 1), 'ucr': (2, 12, 3), 'video': (2, 4, 16, 16),
+            'synthetic': (2, 10, 2)}
+  name = path.split('/')[1][:-3]
+  if name == 'text':
+    x = jnp.arange(24).reshape(2, 12) % 7
+  else:
+    x = jax.random.normal(jax.random.PRNGKey(0), shapes[name])
+  grads, custom = [], []
+  for fast in (True, False):
+    config.model.fast = fast
+    model = build_model(config.model, {'num_outputs': 3, 'num_classes': 3})
+    variables = model.init(jax.random.PRNGKey(1), x)
+
+    def loss(params):
+      return jnp.sum(jnp.sin(model.apply({**variables, 'params': params}, x)))
+    grads.append(jax.grad(loss)(variables['params']))
+    # fast_scan's custom VJP (its backward is named `backward`; split_gates' is not)
+    custom.append('bwd=backward' in str(jax.make_jaxpr(loss)(variables['params'])))
+  assert custom == [True, False]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)

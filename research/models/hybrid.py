@@ -55,6 +55,7 @@ class CNNRNN(nn.Module):
   readout: str = 'flatten'
   dropout: float = 0.0  # on the recurrent features before the head
   cell_options: Any = None
+  fast: bool = True  # research.models.fast_rnn where it applies (False: autodiff scan)
   num_outputs: int = 10
 
   @nn.compact
@@ -62,7 +63,7 @@ class CNNRNN(nn.Module):
     h, lengths = ConvFeatures1D(self.channels, self.kernels, self.strides, self.padding,
                                 self.norm, self.pool, self.conv_dropout)(x, train, lengths)
     h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
-                         cell_options=self.cell_options)(h, lengths)
+                         cell_options=self.cell_options, fast=self.fast)(h, lengths)
     h = readout(h, final, lengths, self.readout)
     h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
     return nn.Dense(self.num_outputs)(h)
@@ -78,6 +79,7 @@ class LSTMFCN(nn.Module):
   lstm_input: str = 'shuffle'  # 'shuffle' (the paper) | 'temporal'
   dropout: float = 0.8  # after the LSTM branch, as in the paper
   cell_options: Any = None
+  fast: bool = True
   num_outputs: int = 2
 
   @nn.compact
@@ -88,10 +90,11 @@ class LSTMFCN(nn.Module):
     conv = masked_mean(conv, conv_lengths)
     if self.lstm_input == 'shuffle':
       _, final = Recurrent(self.cell, self.hidden, bidirectional=False,
-                           cell_options=self.cell_options)(jnp.swapaxes(x, 1, 2))
+                           cell_options=self.cell_options,
+                           fast=self.fast)(jnp.swapaxes(x, 1, 2))
     elif self.lstm_input == 'temporal':
       _, final = Recurrent(self.cell, self.hidden, bidirectional=False,
-                           cell_options=self.cell_options)(x, lengths)
+                           cell_options=self.cell_options, fast=self.fast)(x, lengths)
     else:
       raise ValueError(f"lstm_input must be 'shuffle' or 'temporal', got {self.lstm_input!r}")
     final = nn.Dropout(self.dropout, deterministic=not train)(final) if self.dropout else final
@@ -114,6 +117,7 @@ class LRCN(nn.Module):
   readout: str = 'last'
   dropout: float = 0.0
   cell_options: Any = None
+  fast: bool = True
   num_outputs: int = 10
 
   @nn.compact
@@ -124,7 +128,7 @@ class LRCN(nn.Module):
       h = masked_mean(h, lengths)
     else:
       h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
-                           cell_options=self.cell_options)(h, lengths)
+                           cell_options=self.cell_options, fast=self.fast)(h, lengths)
       h = readout(h, final, lengths, self.readout)
     h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
     return nn.Dense(self.num_outputs)(h)

@@ -33,6 +33,7 @@ class CharLM(nn.Module):
   num_layers: int = 1
   dropout: float = 0.0
   cell_options: Any = None
+  fast: bool = True  # research.models.fast_rnn where it applies (False: autodiff scan)
   num_outputs: int = 100  # the vocabulary size
 
   @nn.compact
@@ -51,7 +52,7 @@ class CharLM(nn.Module):
                                   'causal', self.norm, 0, self.conv_dropout)(h, train, lengths)
     if self.cell != 'none':
       h, _ = Recurrent(self.cell, self.hidden, self.num_layers,
-                       cell_options=self.cell_options)(h, lengths)
+                       cell_options=self.cell_options, fast=self.fast)(h, lengths)
     h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
     return nn.Dense(self.num_outputs)(h)
 
