@@ -197,8 +197,8 @@ def test_hand_written_padding_garbage_never_reaches_gradients(cell):
     ('configs/text.py', 'model=cnn_lstm'), ('configs/synthetic.py', None)])
 def test_config_switch_model_fast_reaches_the_layer(path, arg):
   """`--config.model.fast=False` exists on every config with a recurrent layer and
-  swaps the custom-VJP op for the autodiff scan (seen in the traced program), with
-  the same gradients."""
+  swaps the custom-VJP op for the autodiff scan (seen in the traced program); on
+  MNIST-1D's recurrent models the two give the same gradients."""
   from research import cli
   from research.models import build_model
   config = cli.load_config(path, arg)
@@ -214,12 +214,17 @@ def test_config_switch_model_fast_reaches_the_layer(path, arg):
   for fast in (True, False):
     config.model.fast = fast
     model = build_model(config.model, {'num_outputs': 3, 'num_classes': 3})
-    variables = model.init(jax.random.PRNGKey(1), x)
 
-    def loss(params):
+    def loss(params, variables):
       return jnp.sum(jnp.sin(model.apply({**variables, 'params': params}, x)))
-    grads.append(jax.grad(loss)(variables['params']))
+    if name == 'mnist1d':  # values: compiled (the others only traced, to keep this fast)
+      variables = model.init(jax.random.PRNGKey(1), x)
+      grads.append(jax.grad(loss)(variables['params'], variables))
+    else:
+      variables = jax.eval_shape(model.init, jax.random.PRNGKey(1), x)
     # fast_scan's custom VJP (its backward is named `backward`; split_gates' is not)
-    custom.append('bwd=backward' in str(jax.make_jaxpr(loss)(variables['params'])))
+    jaxpr = jax.make_jaxpr(loss)(variables['params'], variables)
+    custom.append('bwd=backward' in str(jaxpr))
   assert custom == [True, False]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+  if grads:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
