@@ -35,8 +35,8 @@ def get_config(arg=None):
   c.data.path = a.path
   cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
   c.model = configlib.model(dict(name='rnn', cell=a.cell, hidden=hidden, num_layers=1,
-                                   bidirectional=False, readout='sequence', truncation=0,
-                                   cell_options=cell_options))
+                                 bidirectional=False, readout='sequence', truncation=0,
+                                 cell_options=cell_options))
   c.task.kind = 'multilabel_sequence'
   c.optim.name = 'adam'
   c.optim.lr = a.lr

@@ -41,9 +41,9 @@ def get_config(arg=None):
     c.data[k] = v
   cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
   c.model = configlib.model(dict(name='rnn', cell=a.cell, hidden=a.hidden, num_layers=1,
-                                   bidirectional=False, readout=readout, truncation=a.trunc,
-                                   truncation_k2=a.k2,
-                                   cell_options=cell_options))
+                                 bidirectional=False, readout=readout, truncation=a.trunc,
+                                 truncation_k2=a.k2,
+                                 cell_options=cell_options))
   c.task.kind = kind
   c.optim.name = 'adam'
   c.optim.lr = a.lr
