@@ -196,10 +196,15 @@ def _variants_table(analysis: dict, variants) -> str:
     a = analysis['variants'][v]
     p = '—' if a['welch_p_vs_vanilla'] is None else f'{a["welch_p_vs_vanilla"]:.3f}'
     e = '—' if a['epochs_to_target'] is None else f'{a["epochs_to_target"]:.0f}'
-    lines.append(f'| {v} | {np.mean(a["top_test_nll"]):.2f} ± {np.std(a["top_test_nll"]):.2f} '
+    lines.append(f'| {v} | {np.mean(a["top_test_nll"]):.2f} ± {_sd(a["top_test_nll"]):.2f} '
                  f'(n={a["n_top"]}) | {np.median(a["all_test_nll"]):.2f} | {p} | '
                  f'{e} ({a["reached_target"]}) | {a["n_diverged"]} |')
   return '\n'.join(lines)
+
+
+def _sd(values) -> float:
+  """Sample standard deviation (0 for a single value), as the other reports."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _adding_runs(workdir: Path, spec: dict) -> dict:
@@ -215,7 +220,7 @@ def _adding_runs(workdir: Path, spec: dict) -> dict:
     success = np.mean([m['test/within_tol'] > 0.99 for m in ms]) if ms else 0.0
     name = f'adding T={spec["T"]} LSTM {variant}'
     rows[name] = mse
-    lines.append(f'| {variant} | {np.mean(mse):.4f} ± {np.std(mse):.4f} | {success:.2f} |')
+    lines.append(f'| {variant} | {np.mean(mse):.4f} ± {_sd(mse):.4f} | {success:.2f} |')
   return {'rows': rows, 'table': '\n'.join(lines)}
 
 
