@@ -205,9 +205,10 @@ def test_padded_batch_equals_unpadded_runs(kind):
                          lengths=jnp.asarray(lengths))
   variables = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.PRNGKey(1), a.shape),
                            variables)  # non-trivial batch-norm statistics and biases
-  padded = model.apply(variables, jnp.asarray(batch['x']), lengths=jnp.asarray(lengths))
+  apply = jax.jit(model.apply)  # one compile per shape; op-by-op dispatch is slower here
+  padded = apply(variables, jnp.asarray(batch['x']), lengths=jnp.asarray(lengths))
   for i, s in enumerate(series):
-    alone = model.apply(variables, jnp.asarray(s[None]))
+    alone = apply(variables, jnp.asarray(s[None]))
     np.testing.assert_allclose(padded[i], alone[0], rtol=1e-4, atol=1e-5, err_msg=f'series {i}')
 
 
