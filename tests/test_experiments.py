@@ -147,3 +147,19 @@ def test_issue4_studies_smoke(tmp_path):
   from research.experiments import hybrid_ablation
   out = hybrid_ablation.run(tmp_path / 'ablation', 'smoke', datasets=['mnist1d'])
   assert len(out['rows']) == 4 * 2  # 4 models x 2 training fractions
+
+
+def test_trained_gradient_profile_uses_the_best_members_trained_parameters(tmp_path):
+  from research.experiments.common import train_variant, variant_config
+  over = {'data.num_train': 200, 'data.num_val': 100, 'data.num_test': 50, 'train.epochs': 2,
+          'train.patience': 0, 'population': 'seed=0,1 optim.lr=0.01,0.0001'}
+  arg = 'task=temporal_order,cell=gru,T=20,hidden=8'
+  out = train_variant('configs/synthetic.py', arg, tmp_path, **over)
+  config = variant_config('configs/synthetic.py', arg, **over)
+  after, chosen = bptt.trained_profiles({'GRU': (config, tmp_path, out['members'])}, batch=20)
+  best = min(out['members'], key=lambda m: m['val/loss'])
+  assert chosen['GRU']['member'] == best['member']
+  init = bptt._carry_profile(config.copy_and_resolve_references(), 20)
+  g = after['GRU']
+  assert g.shape == (20,) and np.all(np.isfinite(g)) and np.all(g > 0)
+  assert not np.allclose(g, init, rtol=1e-3)  # the trained parameters were used

@@ -14,7 +14,10 @@ truncation shorter than the dependency fails whatever the cell.
 Gradient flow: at initialisation, ||dL/dh_t|| against the lag T - t for each
 cell (and the tanh RNN at several spectral radii) on the longest temporal-order
 sequences: the tanh RNN's gradient decays geometrically with the lag below
-radius 1 and grows above it; the LSTM's cell path carries it.
+radius 1 and grows above it; the LSTM's cell path carries it. The same profile
+after training, for each cell's best member (by validation loss): what the
+learned weights do to the flow, e.g. whether training opened a path back to the
+markers.
 
 Our budget is much smaller than the papers' (up to ``epochs x num_train``
 sequences, here 1e5 in the full run, against Pascanu's several million), so
@@ -32,9 +35,10 @@ import numpy as np
 from research import cli, results
 from research.analysis.gradients import carry_gradient_norms
 from research.data import load_dataset
-from research.experiments.common import train_variant, write_report
+from research.experiments.common import train_variant, variant_config, write_report
 from research.models import build_model
 from research.tasks import make_task
+from research.train import load_trained
 
 SOURCE = 'Pascanu et al. 2013 (criterion < 1% test error; expected outcome, no number)'
 CELLS = {'elman': 'tanh RNN', 'gru': 'GRU', 'lstm': 'LSTM'}
@@ -61,8 +65,9 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   b = BUDGETS[budget]
   over = dict(b['overrides'], population=f'seed={b["seeds"]} optim.clip_norm=0,1',
               **{'train.progress': budget == 'full'})
-  rows, detail = [], []
+  rows, detail, trained = [], [], {}
   t0 = time.time()
+  T_max = max(b['grid']['temporal_order'])
 
   def record(task, cell, T, trunc, out):
     metric = SUCCESS_METRIC[task]
@@ -81,21 +86,28 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   for task, lengths in b['grid'].items():
     for T in lengths:
       for cell in CELLS:
-        out = train_variant('configs/synthetic.py', _arg(task, cell, T),
-                            workdir / f'{task}_T{T}_{cell}', **over)
+        wd = workdir / f'{task}_T{T}_{cell}'
+        out = train_variant('configs/synthetic.py', _arg(task, cell, T), wd, **over)
         record(task, cell, T, 0, out)
+        if task == 'temporal_order' and T == T_max:
+          config = variant_config('configs/synthetic.py', _arg(task, cell, T), **over)
+          trained[CELLS[cell]] = (config, wd, out['members'])
   for task, T, k in b['truncation']:
     out = train_variant('configs/synthetic.py', _arg(task, 'lstm', T, k),
                         workdir / f'{task}_T{T}_lstm_trunc{k}', **over)
     record(task, 'lstm', T, k, out)
 
-  T_max = max(b['grid']['temporal_order'])
   profiles = gradient_profiles(T_max)
-  _plot_profiles(profiles, T_max, workdir / 'gradient_vs_lag.png')
+  after, chosen = trained_profiles(trained)
+  _plot_profiles({'at initialisation': profiles,
+                  'after training (best member by validation loss)': after},
+                 T_max, workdir / 'gradient_vs_lag.png')
   _plot_success(detail, workdir / 'success.png')
   wall = time.time() - t0
   out = results.write(workdir / 'results.json', 'bptt', rows, budget=budget, wall_time_s=wall,
-                      runs=detail, gradient_profiles={k: v.tolist() for k, v in profiles.items()})
+                      runs=detail, gradient_profiles={k: v.tolist() for k, v in profiles.items()},
+                      trained_gradient_profiles={k: v.tolist() for k, v in after.items()},
+                      trained_profile_members=chosen)
   table = _success_table(detail)
   write_report(
       workdir, 'BPTT: tanh RNN, GRU and LSTM on long-range tasks',
@@ -104,11 +116,25 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
       f'{b["overrides"]["train.epochs"]} epochs; seeds {b["seeds"]}. Success rate = fraction of '
       'seeds whose validation-selected checkpoint makes < 1% test errors (Pascanu et al. 2013). '
       'Cells show success rate (mean test accuracy, or fraction within 0.04 for adding).',
-      [table, 'Gradient norm ||dL/dh_t|| at initialisation against the lag T - t, on '
-       f'temporal order with T = {T_max} (mean over a batch of 100 sequences):'],
+      [table, 'Gradient norm ||dL/dh_t|| against the lag T - t on temporal order with '
+       f'T = {T_max} (mean over 100 fresh sequences), at initialisation and after training '
+       '(per cell the member with the lowest validation loss, at its selected parameters):',
+       _lag_table({'init': profiles, 'trained': after}, T_max)],
       {'gradient norm vs lag': 'gradient_vs_lag.png', 'success rates': 'success.png'}, wall)
   print(table)
   return out
+
+
+def _lag_table(panels: dict[str, dict[str, np.ndarray]], T: int) -> str:
+  """||dL/dh_t|| at a few lags, per model and panel."""
+  lags = [lag for lag in (0, 10, 50, 100, 150, T - 1) if lag < T]
+  lines = ['| model | when | ' + ' | '.join(f'lag {lag}' for lag in lags) + ' |',
+           '|---|---|' + '---|' * len(lags)]
+  for when, profiles in panels.items():
+    for label, g in profiles.items():
+      lines.append(f'| {label} | {when} | '
+                   + ' | '.join(f'{g[T - 1 - lag]:.1e}' for lag in lags) + ' |')
+  return '\n'.join(lines)
 
 
 def _success_table(detail: list[dict]) -> str:
@@ -135,36 +161,64 @@ def gradient_profiles(T: int, radii=(0.8, 1.0, 1.2), batch: int = 100) -> dict[s
   variants += [('elman', {'spectral_radius': r}, f'tanh RNN, radius {r:g}') for r in radii]
   for cell, options, label in variants:
     c = cli.load_config('configs/synthetic.py', _arg('temporal_order', cell, T))
-    c.data.num_train, c.data.num_val, c.data.num_test = 1, 0, batch
     c.model.cell_options = {**c.model.cell_options.to_dict(), **options}
-    c.model.probe_carry = True
-    ds = load_dataset(c.data)
-    model = build_model(c.model, ds.info)
-    task = make_task(c.task)
-    x = jnp.asarray(ds.test['x'])
-    variables = model.init(jax.random.PRNGKey(0), x)
-    loss = lambda logits: task.per_example(
-        logits, {'y': jnp.asarray(ds.test['y'])}, {'task.label_smoothing': 0.0})['loss'].mean()
-    norms = carry_gradient_norms(lambda v: model.apply(v, x), variables, loss)
-    # The LSTM carry is (c_t, h_t): take h_t, the output the next step and the loss see.
-    key = next(k for k in norms if k.endswith('/1')) if cell == 'lstm' else next(iter(norms))
-    out[label] = norms[key]
+    out[label] = _carry_profile(c, batch)
   return out
 
 
-def _plot_profiles(profiles: dict[str, np.ndarray], T: int, path: Path) -> None:
+def trained_profiles(runs: dict[str, tuple], batch: int = 100) -> tuple[dict, dict]:
+  """The same profiles for trained runs: {label: (config, workdir, members)} ->
+  ({label: (T,) norms}, {label: the member used}). Per run, the member with the lowest
+  validation loss (its validation-selected parameters) on fresh sequences."""
+  profiles, chosen = {}, {}
+  for label, (config, workdir, members) in runs.items():
+    ok = [m for m in members if not m['diverged']]
+    if not ok:
+      continue
+    best = min(ok, key=lambda m: m['val/loss'])
+    _, _, _, state = load_trained(config, workdir)
+    params = jax.tree.map(lambda a: a[best['member']], state.best_params)
+    profiles[label] = _carry_profile(config.copy_and_resolve_references(), batch, params)
+    chosen[label] = {'member': best['member'], 'hparams': best['hparams'],
+                     'val_loss': best['val/loss'], 'test_accuracy': best.get('test/accuracy')}
+  return profiles, chosen
+
+
+def _carry_profile(c, batch: int, params=None) -> np.ndarray:
+  """Mean over ``batch`` fresh test sequences of ||dL/d h_t|| for each t, with the
+  model's initial parameters or ``params``."""
+  c.data.num_train, c.data.num_val, c.data.num_test = 1, 0, batch
+  c.model.probe_carry = True
+  ds = load_dataset(c.data)
+  model = build_model(c.model, ds.info)
+  task = make_task(c.task)
+  x = jnp.asarray(ds.test['x'])
+  variables = model.init(jax.random.PRNGKey(0), x)
+  if params is not None:
+    variables = {**variables, 'params': params}
+  loss = lambda logits: task.per_example(
+      logits, {'y': jnp.asarray(ds.test['y'])}, {'task.label_smoothing': 0.0})['loss'].mean()
+  norms = carry_gradient_norms(lambda v: model.apply(v, x), variables, loss)
+  # The LSTM carry is (c_t, h_t): take h_t, the output the next step and the loss see.
+  if c.model.cell == 'lstm':
+    return norms[next(k for k in norms if k.endswith('/1'))]
+  return norms[next(iter(norms))]
+
+
+def _plot_profiles(panels: dict[str, dict[str, np.ndarray]], T: int, path: Path) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7.5, 4.2))
-  for label, g in profiles.items():
-    lag = T - 1 - np.arange(len(g))
-    ax.semilogy(lag, np.maximum(g, 1e-30), label=label)
-  ax.set_xlabel('time lag T - t')
-  ax.set_ylabel('||dL/dh_t|| (at initialisation)')
-  ax.set_title(f'Gradient flow through time, temporal order T = {T}')
-  ax.grid(alpha=0.3, which='both')
-  ax.legend(fontsize='small')
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+  for ax, (title, profiles) in zip(axes[0], panels.items()):
+    for label, g in profiles.items():
+      lag = T - 1 - np.arange(len(g))
+      ax.semilogy(lag, np.maximum(g, 1e-30), label=label)
+    ax.set_xlabel('time lag T - t')
+    ax.set_ylabel('||dL/dh_t||')
+    ax.set_title(f'{title}, temporal order T = {T}')
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize='small')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -8,9 +8,9 @@ from research import cli, configlib
 from research.train import train_and_evaluate
 
 
-def train_variant(config_file: str, arg: str, workdir: Path, **overrides: Any) -> dict:
-  """Loads ``config_file:arg``, applies dotted ``overrides`` ({'data.path': ...};
-  None values are skipped) and trains it in ``workdir`` (resuming if a run is there)."""
+def variant_config(config_file: str, arg: str, **overrides: Any):
+  """``config_file:arg`` with dotted ``overrides`` ({'data.path': ...}) applied;
+  None values are skipped."""
   config = cli.load_config(config_file, arg)
   for key, value in overrides.items():
     if value is None:
@@ -18,7 +18,13 @@ def train_variant(config_file: str, arg: str, workdir: Path, **overrides: Any) -
     *parents, last = key.split('.')
     node = configlib.get_path(config, '.'.join(parents)) if parents else config
     node[last] = value
-  return train_and_evaluate(config, workdir)
+  return config
+
+
+def train_variant(config_file: str, arg: str, workdir: Path, **overrides: Any) -> dict:
+  """Trains `variant_config(config_file, arg, **overrides)` in ``workdir`` (resuming
+  if a run is there)."""
+  return train_and_evaluate(variant_config(config_file, arg, **overrides), workdir)
 
 
 def write_report(workdir: Path, title: str, intro: str, sections: list[str],
