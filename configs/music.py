@@ -5,6 +5,12 @@ Variants: ``configs/music.py:cell=lstm,variant=vanilla,hidden=36,lr=1e-3``
   size:    small (~20K parameters, as Chung et al. 2014) | large (~300K) -- sets hidden
            per cell unless ``hidden`` is given
   path:    the .mat file (default ../shared/data/JSB_Chorales.mat, relative to the cwd)
+  source:  mat (the JSB file at ``path``) | music21: without the file, a JSB-like set rebuilt
+           from music21's bundled Bach chorales (pip install -e '.[music21]'; research/data/
+           chorales.py). Its frames and split differ: numbers are NOT comparable to the
+           published JSB results below. ``--config.data.source=music21`` does the same
+           but keeps the experiment name jsb_* (this arg names it bach21_*).
+  cache:   the music21 rolls' .npz cache (default ~/.cache/research/music21_chorales_v1.npz)
   quick:   a smoke run (2 epochs, 2 seeds)
 
 Metric: test NLL per frame summed over the 88 keys (lower is better).
@@ -22,17 +28,24 @@ HIDDEN = {'small': {'lstm': 36, 'gru': 46, 'elman': 100},
 
 def get_config(arg=None):
   a = configlib.parse_arg(arg, cell='lstm', variant='vanilla', size='small', hidden=0,
-                          lr=1e-3, epochs=100, path=DEFAULT_PATH, quick=False)
+                          lr=1e-3, epochs=100, path=DEFAULT_PATH, source='mat', cache='',
+                          quick=False)
   if a.size not in HIDDEN:
     raise ValueError(f'size must be one of {sorted(HIDDEN)}, got {a.size!r}')
   if a.cell not in HIDDEN[a.size]:
     raise ValueError(f'cell must be one of {sorted(HIDDEN[a.size])}, got {a.cell!r}')
+  if a.source not in ('mat', 'music21'):
+    raise ValueError(f"source must be 'mat' or 'music21', got {a.source!r}")
   hidden = a.hidden or HIDDEN[a.size][a.cell]
   c = base_config()
-  c.experiment = f'jsb_{a.cell}' + (f'_{a.variant}' if a.cell == 'lstm' else '') + f'_h{hidden}'
+  prefix = 'jsb' if a.source == 'mat' else 'bach21'  # music21 results are not JSB results
+  variant = f'_{a.variant}' if a.cell == 'lstm' else ''
+  c.experiment = f'{prefix}_{a.cell}{variant}_h{hidden}'
   c.population = 'seed=0,1,2'
   c.data.name = 'music'
   c.data.path = a.path
+  c.data.source = a.source  # 'mat' | 'music21'
+  c.data.cache = a.cache  # music21 only; '' = ~/.cache/research/
   cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
   c.model = configlib.model(dict(name='rnn', cell=a.cell, hidden=hidden, num_layers=1,
                                  bidirectional=False, readout='sequence', truncation=0,

