@@ -45,8 +45,9 @@ def jax_one_hot(y, n):
 def _regress(outputs, batch, hp, tolerance=0.04):
   """Mean squared error; outputs (B,) or (B, 1) against y (B,) (or matching shapes).
   ``within_tol``: 1 when every output is within ``task.tolerance`` of its target
-  (0.04 by default: the adding-problem criterion of Hochreiter & Schmidhuber 1997,
-  also Pascanu et al. 2013's, whose "< 1% error" means within_tol > 0.99)."""
+  (0.04 by default: Hochreiter & Schmidhuber 1997's adding criterion on their target
+  scale; configs/synthetic.py sets each adding variant's, e.g. Pascanu et al. 2013's
+  for the two-marker form). "< 1% error" means within_tol > 0.99."""
   pred = outputs.reshape(batch['y'].shape)
   err = (pred - batch['y']).reshape(pred.shape[0], -1)
   mse = jnp.mean(err ** 2, axis=-1)

@@ -53,3 +53,26 @@ def test_each_task_lists_exactly_the_metrics_it_reports():
     per = task.per_example(out, batch, {'task.label_smoothing': 0.0, 'task.beta': 1.0,
                                         'task.free_bits': 0.0, 'task.anneal_steps': 0})
     assert set(per) - {'weight'} == set(task.metrics), kind
+
+
+def test_adding_success_criteria_match_the_papers():
+  """configs/synthetic.py's tolerances against the papers' own error counts: Pascanu et al.
+  2013 (their code: target (X1 + X2) / 2, error when the squared error > 0.04) for the
+  two-marker form, whose target here is X1 + X2; Hochreiter & Schmidhuber 1997 (absolute
+  error >= 0.04 on the target 0.5 + (X1 + X2) / 4, which our adding_hs generates)."""
+  from research import cli
+  rng = np.random.default_rng(0)
+  y = rng.uniform(0, 2, size=2000).astype(np.float32)
+  pred = (y + rng.normal(0, 0.3, size=y.shape)).astype(np.float32)
+  task = make_task(cli.load_config('configs/synthetic.py', 'task=adding').task)
+  ours = np.asarray(task.per_example(jnp.asarray(pred), {'y': jnp.asarray(y)}, {})['within_tol'])
+  pascanu_error = (pred / 2 - y / 2) ** 2 > 0.04
+  margin = np.abs(np.abs(pred - y) - 0.4) > 1e-4  # float ties at the boundary
+  np.testing.assert_array_equal(ours[margin], ~pascanu_error[margin])
+  assert 0.05 < pascanu_error.mean() < 0.5  # the draw exercises both sides
+  y_hs = rng.uniform(0, 1, size=2000).astype(np.float32)
+  pred_hs = (y_hs + rng.normal(0, 0.04, size=y_hs.shape)).astype(np.float32)
+  task = make_task(cli.load_config('configs/synthetic.py', 'task=adding_hs').task)
+  ours = np.asarray(task.per_example(jnp.asarray(pred_hs), {'y': jnp.asarray(y_hs)}, {})['within_tol'])
+  margin = np.abs(np.abs(pred_hs - y_hs) - 0.04) > 1e-5
+  np.testing.assert_array_equal(ours[margin], (np.abs(pred_hs - y_hs) < 0.04)[margin])
