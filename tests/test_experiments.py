@@ -163,3 +163,6 @@ def test_trained_gradient_profile_uses_the_best_members_trained_parameters(tmp_p
   g = after['GRU']
   assert g.shape == (20,) and np.all(np.isfinite(g)) and np.all(g > 0)
   assert not np.allclose(g, init, rtol=1e-3)  # the trained parameters were used
+  jac = bptt.jacobian_norms({'GRU': (config, tmp_path, out['members'])}, chosen)
+  assert jac['GRU']['init'].shape == jac['GRU']['trained'].shape == (20,)
+  assert not np.allclose(jac['GRU']['init'], jac['GRU']['trained'])

@@ -38,14 +38,19 @@ def carry_gradient_norms(apply: Callable, variables: dict, loss: Callable) -> di
   return out
 
 
-def gate_statistics(intermediates: dict, low: float = 0.1, high: float = 0.9) -> dict[str, dict]:
-  """{layer/gate: {mean, frac_below_low, frac_above_high}} over all steps and units."""
+def gate_statistics(intermediates: dict, low: float = 0.1, high: float = 0.9,
+                    mask: np.ndarray | None = None) -> dict[str, dict]:
+  """{layer/gate: {mean, frac_below_low, frac_above_high}} over all units and the steps
+  where ``mask`` (B, T) is true (all steps without it), e.g. the valid frames of a
+  right-padded batch."""
   stats = {}
   for layer, (aux,) in intermediates.items():
     for gate, a in aux.items():
       if gate == 'c':
         continue
-      a = np.asarray(a)
+      a = np.asarray(a)  # (B, T, H)
+      if mask is not None:
+        a = a[np.asarray(mask, bool)]  # (valid steps, H)
       stats[f'{layer}/{gate}'] = {'mean': float(a.mean()), f'frac_below_{low}': float((a < low).mean()),
                                   f'frac_above_{high}': float((a > high).mean())}
   return stats
@@ -59,7 +64,7 @@ def step_jacobian_norms(step: Callable, carry0: Any, xp: jnp.ndarray) -> np.ndar
     return jax.flatten_util.ravel_pytree(step(unravel(flat), x)[0])[0]
 
   def body(flat, x):
-    J = jax.jacfwd(f)(flat, x)
+    J = jax.jacrev(f)(flat, x)  # reverse mode: the GRU step has a custom VJP
     return f(flat, x), jnp.linalg.norm(J, ord=2)
 
   _, norms = jax.lax.scan(body, flat0, xp)

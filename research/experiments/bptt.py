@@ -34,10 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import cli, results
-from research.analysis.gradients import carry_gradient_norms
+from research.analysis.gradients import carry_gradient_norms, step_jacobian_norms
 from research.data import load_dataset
 from research.experiments.common import train_variant, variant_config, write_report
 from research.models import build_model
+from research.models.cells import make_cell
 from research.tasks import make_task
 from research.train import load_trained
 
@@ -103,6 +104,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
 
   profiles = gradient_profiles(T_max)
   after, chosen = trained_profiles(trained)
+  jacobians = jacobian_norms(trained, chosen)
   _plot_profiles({'at initialisation': profiles,
                   'after training (best member by validation loss)': after},
                  T_max, workdir / 'gradient_vs_lag.png')
@@ -111,7 +113,9 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   out = results.write(workdir / 'results.json', 'bptt', rows, budget=budget, wall_time_s=wall,
                       runs=detail, gradient_profiles={k: v.tolist() for k, v in profiles.items()},
                       trained_gradient_profiles={k: v.tolist() for k, v in after.items()},
-                      trained_profile_members=chosen)
+                      trained_profile_members=chosen,
+                      step_jacobian_norms={k: {w: v.tolist() for w, v in d.items()}
+                                           for k, d in jacobians.items()})
   table = _success_table(detail)
   write_report(
       workdir, 'BPTT: tanh RNN, GRU and LSTM on long-range tasks',
@@ -125,7 +129,10 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
       [table, 'Gradient norm ||dL/dh_t|| against the lag T - t on temporal order with '
        f'T = {T_max} (mean over 100 fresh sequences), at initialisation and after training '
        '(per cell the member with the lowest validation loss, at its selected parameters):',
-       _lag_table({'init': profiles, 'trained': after}, T_max)],
+       _lag_table({'init': profiles, 'trained': after}, T_max),
+       'Spectral norm of the step Jacobian d carry_t / d carry_(t-1) along one fresh test '
+       'sequence (median and max over t; for the LSTM the carry is (c, y)):',
+       _jacobian_table(jacobians)],
       {'gradient norm vs lag': 'gradient_vs_lag.png', 'success rates': 'success.png'}, wall)
   print(table)
   return out
@@ -140,6 +147,18 @@ def _lag_table(panels: dict[str, dict[str, np.ndarray]], T: int) -> str:
     for label, g in profiles.items():
       lines.append(f'| {label} | {when} | '
                    + ' | '.join(f'{g[T - 1 - lag]:.1e}' for lag in lags) + ' |')
+  return '\n'.join(lines)
+
+
+def _jacobian_table(jacobians: dict[str, dict]) -> str:
+  lines = ['| model | init median | init max | trained median | trained max |',
+           '|---|---|---|---|---|']
+  for label, d in jacobians.items():
+    cells = []
+    for when in ('init', 'trained'):
+      v = d.get(when)
+      cells += ['—', '—'] if v is None else [f'{np.median(v):.3f}', f'{np.max(v):.3f}']
+    lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -188,6 +207,31 @@ def trained_profiles(runs: dict[str, tuple], batch: int = 100) -> tuple[dict, di
     chosen[label] = {'member': best['member'], 'hparams': best['hparams'],
                      'val_loss': best['val/loss'], 'test_accuracy': best.get('test/accuracy')}
   return profiles, chosen
+
+
+def jacobian_norms(runs: dict[str, tuple], chosen: dict[str, dict]) -> dict[str, dict]:
+  """Spectral norms of the step Jacobian d carry_t / d carry_{t-1} along one fresh test
+  sequence, at initialisation and for the member `trained_profiles` chose:
+  {label: {'init': (T,), 'trained': (T,)}}."""
+  out = {}
+  for label, (config, workdir, _) in runs.items():
+    out[label] = {'init': _jacobian_norms(config.copy_and_resolve_references())}
+    if label in chosen:
+      _, _, _, state = load_trained(config, workdir)
+      params = jax.tree.map(lambda a: a[chosen[label]['member']], state.best_params)
+      out[label]['trained'] = _jacobian_norms(config.copy_and_resolve_references(), params)
+  return out
+
+
+def _jacobian_norms(c, params=None) -> np.ndarray:
+  c.data.num_train, c.data.num_val, c.data.num_test = 1, 0, 1
+  ds = load_dataset(c.data)
+  x = jnp.asarray(ds.test['x'])
+  if params is None:
+    params = build_model(c.model, ds.info).init(jax.random.PRNGKey(0), x)['params']
+  cell = make_cell(c.model.cell, c.model.hidden, **c.model.cell_options.to_dict())
+  xp, step, carry0 = cell.apply({'params': params['Recurrent_0']['layer0_fwd']}, x)
+  return step_jacobian_norms(step, carry0(1), xp[0])
 
 
 def _carry_profile(c, batch: int, params=None) -> np.ndarray:

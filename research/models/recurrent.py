@@ -219,6 +219,7 @@ class RNNClassifier(nn.Module):
   num_outputs: int = 10
   unroll: int = 1  # time steps per scan iteration (speed only; the values are the same)
   probe_carry: bool = False  # for gradient-flow diagnostics (research.analysis.gradients)
+  collect_gates: bool = False  # sow gate activations in 'intermediates' (analysis.gradients)
   fast: bool = True  # research.models.fast_rnn where it applies (same values and gradients)
 
   @nn.compact
@@ -226,7 +227,7 @@ class RNNClassifier(nn.Module):
     x = as_channels_last(x)
     h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
                          self.truncation, self.truncation_k2, unroll=self.unroll,
-                         probe_carry=self.probe_carry,
+                         collect_gates=self.collect_gates, probe_carry=self.probe_carry,
                          cell_options=self.cell_options, fast=self.fast)(x, lengths)
     return nn.Dense(self.num_outputs)(readout(h, final, lengths, self.readout))
 
