@@ -87,6 +87,10 @@ def test_music_studies_smoke_on_a_generated_file(tmp_path):
                f'--data_path={tmp_path / "jsb.mat"}')
     out = results.read(tmp_path / exp / 'results.json')
     assert all(np.isfinite(r['value']) for r in out['rows'])
+  gates = out['analysis']['gates']  # lstm_variants: each variant's best trial
+  assert set(gates) == {'vanilla', 'NIG', 'CIFG'}
+  assert gates['NIG']['i']['mean'] == 1.0 and gates['NIG']['i']['frac_above_0.9'] == 1.0
+  assert 0 < gates['vanilla']['i']['mean'] < 1
   cfg = json.loads((tmp_path / 'rnn_music' / 'gru_small' / 'config.json').read_text())
   assert cfg['data']['path'] == str(tmp_path / 'jsb.mat')
 

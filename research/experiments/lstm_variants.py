@@ -32,7 +32,7 @@ import numpy as np
 
 from research import results
 from research.analysis import curves
-from research.experiments.common import train_variant, write_report
+from research.experiments.common import train_variant, variant_config, write_report
 
 VARIANTS = ('vanilla', 'NIG', 'NFG', 'NOG', 'NIAF', 'NOAF', 'NP', 'CIFG', 'FGR')
 SOURCE = 'Greff et al. 2017, Fig. 3 (JSB): no variant significantly better than vanilla'
@@ -72,17 +72,19 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
   b = BUDGETS[budget]
   t0 = time.time()
   trials = []  # one dict per trial: variant, hidden, hparams, val/test NLL, curve
+  configs = {}  # (variant, hidden) -> (config, workdir)
   for h_index, hidden in enumerate(b['hidden']):
     for v_index, variant in enumerate(b['variants']):
       # Independent draws per (variant, size), as Greff et al.: fANOVA needs many distinct points.
       sampled = sample_trials(b['trials'], seed=100 * h_index + VARIANTS.index(variant))
       wd = workdir / f'{variant}_h{hidden}'
-      out = train_variant(
-          'configs/music.py', f'cell=lstm,variant={variant},hidden={hidden}', wd,
-          **{'data.path': data_path, 'optim.name': 'sgd', 'population_mode': 'zip',
-             'population': _population(sampled, 1000 * h_index + 100 * v_index),
-             'train.epochs': b['epochs'], 'train.patience': b['patience'],
-             'train.progress': budget == 'full'})
+      arg = f'cell=lstm,variant={variant},hidden={hidden}'
+      over = {'data.path': data_path, 'optim.name': 'sgd', 'population_mode': 'zip',
+              'population': _population(sampled, 1000 * h_index + 100 * v_index),
+              'train.epochs': b['epochs'], 'train.patience': b['patience'],
+              'train.progress': budget == 'full'}
+      out = train_variant('configs/music.py', arg, wd, **over)
+      configs[(variant, hidden)] = (variant_config('configs/music.py', arg, **over), wd)
       val_curves = _member_curves(wd, 'val/loss')
       for m in out['members']:
         trials.append({'variant': variant, 'hidden': hidden, 'member': m['member'],
@@ -91,6 +93,7 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
                        'test_nll': m['test/loss'], 'best_epoch': m['best_epoch'],
                        'val_curve': val_curves.get(m['member'], [])})
   analysis = analyse(trials, b['variants'])
+  analysis['gates'] = best_trial_gates(trials, configs)
   adding = _adding_runs(workdir, b['adding'])
   wall = time.time() - t0
 
@@ -122,11 +125,55 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
       [table,
        '**Hyperparameter importance** (fANOVA over all trials, Optuna): ' +
        ', '.join(f'{k} {v:.2f}' for k, v in imp.items()),
+       '**Gate activations** of each variant\'s best trial on the test frames: mean '
+       '(fraction < 0.1 / fraction > 0.9); a removed gate is constant 1:\n\n'
+       + _gates_table(analysis['gates']),
        '**Input gate on a long-range task** (adding problem, test MSE; success = > 99% of '
        'sequences within 0.4 of X1 + X2, Pascanu et al. 2013\'s criterion):\n\n' + adding['table']],
       {'variants': 'variants.png', 'validation curves': 'curves.png'}, wall)
   print(table)
   return out
+
+
+def best_trial_gates(trials: list[dict], configs: dict) -> dict[str, dict]:
+  """Gate activation statistics (mean; fractions below 0.1 and above 0.9) of each
+  variant's best trial by validation NLL, over the valid frames of the test split."""
+  import jax
+  import jax.numpy as jnp
+
+  from research.analysis.gradients import gate_statistics
+  from research.models import build_model
+  from research.models.recurrent import length_mask
+  from research.train import load_trained
+  out = {}
+  for variant in dict.fromkeys(t['variant'] for t in trials):
+    ok = [t for t in trials if t['variant'] == variant and not t['diverged']
+          and math.isfinite(t['val_nll'])]
+    if not ok:
+      continue
+    best = min(ok, key=lambda t: t['val_nll'])
+    config, wd = configs[(variant, best['hidden'])]
+    _, ds, _, state = load_trained(config, wd)
+    c = config.copy_and_resolve_references()
+    c.model.collect_gates = True
+    model = build_model(c.model, ds.info)
+    params = jax.tree.map(lambda a: a[best['member']], state.best_params)
+    x, lengths = jnp.asarray(ds.test['x']), jnp.asarray(ds.test['lengths'])
+    _, inter = model.apply({'params': params}, x, lengths=lengths, mutable=['intermediates'])
+    mask = np.asarray(length_mask(lengths, x.shape[0], x.shape[1]))
+    stats = gate_statistics(inter['intermediates']['Recurrent_0'], mask=mask)
+    out[variant] = {'hidden': best['hidden'], 'member': best['member'],
+                    **{k.split('/')[-1]: v for k, v in stats.items()}}
+  return out
+
+
+def _gates_table(gates: dict[str, dict]) -> str:
+  lines = ['| variant | input gate i | forget gate f | output gate o |', '|---|---|---|---|']
+  for v, g in gates.items():
+    cells = [f'{g[k]["mean"]:.2f} ({g[k]["frac_below_0.1"]:.0%} / {g[k]["frac_above_0.9"]:.0%})'
+             for k in ('i', 'f', 'o')]
+    lines.append(f'| {v} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
 
 
 def _member_curves(workdir: Path, metric: str) -> dict[int, list[float]]:
