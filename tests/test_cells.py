@@ -7,7 +7,7 @@ from jax.flatten_util import ravel_pytree
 
 import flax.linen as nn
 
-from research.models.cells import LSTM_VARIANTS, ElmanCell, GRUCell, LSTMCell, lstm_structure
+from research.models.cells import LSTM_VARIANTS, ElmanCell, GRUCell, LSTMCell
 from research.models.recurrent import Recurrent
 
 B, T, D, H = 3, 6, 4, 5
@@ -17,14 +17,25 @@ def _sig(x):
   return 1.0 / (1.0 + np.exp(-x))
 
 
+# The blocks each variant computes: z (block input), i, f, o; a missing gate is 1, except
+# CIFG's forget gate, 1 - i (Greff et al. 2017, Sec. III).
+GREFF_GATES = {'vanilla': 'zifo', 'NIG': 'zfo', 'NFG': 'zio', 'NOG': 'zif', 'NIAF': 'zifo',
+               'NOAF': 'zifo', 'NP': 'zifo', 'CIFG': 'zio', 'FGR': 'zifo', 'standard': 'zifo'}
+
+
 def numpy_greff_lstm(params, xs, variant):
-  """Greff et al. (2017) Sec. II, written out per time step in float64."""
-  s = lstm_structure(variant)
-  gates = s['gates']
+  """Greff et al. (2017) Sec. II, written out per time step in float64. Which gates and
+  peepholes each variant has is written here, not read from the code under test;
+  the parameter layout (W, R, b columns in z, i, f, o order of the present gates) is
+  the code's convention."""
+  gates = GREFF_GATES[variant]
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
   W, R, b = p['W'], p['R'], p['b']
+  assert W.shape[1] == len(gates) * H
   col = {g: slice(k * H, (k + 1) * H) for k, g in enumerate(gates)}
-  peep = {g: p.get(f'p_{g}', np.zeros(H)) for g in 'ifo'}
+  has_peep = variant not in ('NP', 'standard')
+  peep = {g: p[f'p_{g}'] if has_peep and g in gates else np.zeros(H) for g in 'ifo'}
+  assert has_peep or not any(k.startswith('p_') for k in p)
   g_act = (lambda v: v) if variant == 'NIAF' else np.tanh
   h_act = (lambda v: v) if variant == 'NOAF' else np.tanh
   rec_gates = [g for g in 'ifo' if g in gates]
