@@ -38,11 +38,13 @@ def test_sample_trials_are_deterministic_and_in_range():
 
 
 def test_variant_analysis_selects_by_validation_and_tests_against_vanilla():
-  trials = fake_trials()
+  trials = fake_trials(n=50)
   a = lstm_variants.analyse(trials, ('vanilla', 'NFG', 'CIFG'))
   for v in ('vanilla', 'NFG', 'CIFG'):
     mine = sorted((t for t in trials if t['variant'] == v), key=lambda t: t['val_nll'])
-    assert a['variants'][v]['top_test_nll'] == [t['test_nll'] for t in mine[:8]]  # 25% of 30
+    assert a['variants'][v]['top_test_nll'] == [t['test_nll'] for t in mine[:5]]  # 10% of 50
+  small = lstm_variants.analyse(fake_trials(n=12), ('vanilla',))
+  assert small['variants']['vanilla']['n_top'] == 3  # 10% of 12, but at least 3
   p = stats.ttest_ind(a['variants']['NFG']['top_test_nll'],
                       a['variants']['vanilla']['top_test_nll'], equal_var=False).pvalue
   assert a['variants']['NFG']['welch_p_vs_vanilla'] == pytest.approx(p)
