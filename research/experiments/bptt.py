@@ -106,7 +106,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   after, chosen = trained_profiles(trained)
   jacobians = jacobian_norms(trained, chosen)
   _plot_profiles({'at initialisation': profiles,
-                  'after training (best member by validation loss)': after},
+                  'after training (best member)': after},
                  T_max, workdir / 'gradient_vs_lag.png')
   _plot_success(detail, workdir / 'success.png')
   wall = time.time() - t0
@@ -260,13 +260,15 @@ def _plot_profiles(panels: dict[str, dict[str, np.ndarray]], T: int, path: Path)
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+  labels = list(dict.fromkeys(k for p in panels.values() for k in p))
+  color = {k: f'C{i}' for i, k in enumerate(labels)}  # one colour per model in every panel
   for ax, (title, profiles) in zip(axes[0], panels.items()):
     for label, g in profiles.items():
       lag = T - 1 - np.arange(len(g))
-      ax.semilogy(lag, np.maximum(g, 1e-30), label=label)
+      ax.semilogy(lag, np.maximum(g, 1e-30), label=label, color=color[label])
     ax.set_xlabel('time lag T - t')
     ax.set_ylabel('||dL/dh_t||')
-    ax.set_title(f'{title}, temporal order T = {T}')
+    ax.set_title(f'{title}, temporal order T = {T}', fontsize='medium')
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize='small')
   fig.tight_layout()
