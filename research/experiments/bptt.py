@@ -2,8 +2,9 @@
 
 For each task, cell and sequence length T one population trains seeds x
 {no clipping, global-norm clipping at 1}; separate runs train the LSTM with
-truncated BPTT shorter than the dependency. A member *solves* the task when
-its validation-selected checkpoint makes < 1% errors on fresh test sequences
+truncated BPTT: k1 = k2 shorter than the dependency, and TBPTT(k1, k2) whose
+backward window k2 spans it. A member *solves* the task when its
+validation-selected checkpoint makes < 1% errors on fresh test sequences
 (the criterion of Pascanu, Mikolov & Bengio 2013): temporal order accuracy >
 0.99; adding problem: > 99% of sequences with squared error <= 0.04 on the
 target (X1 + X2) / 2, i.e. within 0.4 of our target X1 + X2 (Pascanu's code).
@@ -46,21 +47,22 @@ SOURCE = 'Pascanu et al. 2013 (criterion < 1% test error; expected outcome, no n
 CELLS = {'elman': 'tanh RNN', 'gru': 'GRU', 'lstm': 'LSTM'}
 SUCCESS_METRIC = {'temporal_order': 'test/accuracy', 'adding': 'test/within_tol'}
 BUDGETS = {
-    # task -> lengths; truncation runs: (task, T, k)
+    # task -> lengths; truncation runs: (task, T, k1, k2), k2 = 0 meaning k2 = k1
     'full': dict(grid={'temporal_order': (50, 100, 200), 'adding': (100,)},
-                 truncation=[('temporal_order', 100, 25)], seeds='0,1,2',
+                 truncation=[('temporal_order', 100, 25, 0), ('temporal_order', 100, 25, 100)],
+                 seeds='0,1,2',
                  overrides={'data.num_train': 5000, 'train.epochs': 20, 'train.patience': 0},
                  # At 2000 updates nobody solved adding at T=100: it gets 6000.
                  task_overrides={'adding': {'data.num_train': 10000, 'train.epochs': 30}}),
     'smoke': dict(grid={'temporal_order': (20,), 'adding': (20,)},
-                  truncation=[('temporal_order', 20, 5)], seeds='0,1',
+                  truncation=[('temporal_order', 20, 5, 0)], seeds='0,1',
                   overrides={'data.num_train': 1000, 'train.epochs': 3, 'train.patience': 0}),
 }
 HIDDEN = 32
 
 
-def _arg(task, cell, T, trunc=0):
-  return f'task={task},cell={cell},T={T},hidden={HIDDEN},trunc={trunc}'
+def _arg(task, cell, T, trunc=0, k2=0):
+  return f'task={task},cell={cell},T={T},hidden={HIDDEN},trunc={trunc}' + (f',k2={k2}' if k2 else '')
 
 
 def run(workdir: str | Path, budget: str = 'full') -> dict:
@@ -78,7 +80,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
     for clip in (0.0, 1.0):
       ms = [m for m in out['members'] if m['hparams']['optim.clip_norm'] == clip]
       solved = [float(m[metric] > 0.99) for m in ms]  # a diverged member has not solved it
-      bptt = 'full BPTT' if not trunc else f'TBPTT k={trunc}'
+      bptt = 'full BPTT' if not trunc else f'TBPTT {trunc}'
       name = f'{task} T={T} {CELLS[cell]} {"clip 1" if clip else "no clip"} {bptt}'
       rows.append(results.row(name, 'success_rate', solved, None, SOURCE))
       detail.append({'task': task, 'T': T, 'cell': cell, 'clip': clip, 'truncation': trunc,
@@ -93,14 +95,15 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
         wd = workdir / f'{task}_T{T}_{cell}'
         out = train_variant('configs/synthetic.py', _arg(task, cell, T), wd,
                             **{**over, **b.get('task_overrides', {}).get(task, {})})
-        record(task, cell, T, 0, out)
+        record(task, cell, T, '', out)
         if task == 'temporal_order' and T == T_max:
           config = variant_config('configs/synthetic.py', _arg(task, cell, T), **over)
           trained[CELLS[cell]] = (config, wd, out['members'])
-  for task, T, k in b['truncation']:
-    out = train_variant('configs/synthetic.py', _arg(task, 'lstm', T, k),
-                        workdir / f'{task}_T{T}_lstm_trunc{k}', **over)
-    record(task, 'lstm', T, k, out)
+  for task, T, k, k2 in b['truncation']:
+    out = train_variant('configs/synthetic.py', _arg(task, 'lstm', T, k, k2),
+                        workdir / (f'{task}_T{T}_lstm_trunc{k}' + (f'_k2{k2}' if k2 else '')),
+                        **over)
+    record(task, 'lstm', T, f'k1={k}, k2={k2}' if k2 else f'k={k}', out)
 
   profiles = gradient_profiles(T_max)
   after, chosen = trained_profiles(trained)
@@ -173,7 +176,7 @@ def _success_table(detail: list[dict]) -> str:
                == (task, T, trunc, cell, clip))
       cells.append(f'{d["success_rate"]:.2f} ({np.mean(d["test_metric"]):.3f})'
                    + (f', {d["diverged"]} diverged' if d['diverged'] else ''))
-    lines.append(f'| {task} | {T} | {"full" if not trunc else f"k={trunc}"} | {CELLS[cell]} | '
+    lines.append(f'| {task} | {T} | {trunc or "full"} | {CELLS[cell]} | '
                  + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
