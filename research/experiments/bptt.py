@@ -93,11 +93,11 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
     for T in lengths:
       for cell in CELLS:
         wd = workdir / f'{task}_T{T}_{cell}'
-        out = train_variant('configs/synthetic.py', _arg(task, cell, T), wd,
-                            **{**over, **b.get('task_overrides', {}).get(task, {})})
+        task_over = {**over, **b.get('task_overrides', {}).get(task, {})}
+        out = train_variant('configs/synthetic.py', _arg(task, cell, T), wd, **task_over)
         record(task, cell, T, '', out)
-        if task == 'temporal_order' and T == T_max:
-          config = variant_config('configs/synthetic.py', _arg(task, cell, T), **over)
+        if task == 'temporal_order' and T == T_max:  # reloaded for the trained profiles
+          config = variant_config('configs/synthetic.py', _arg(task, cell, T), **task_over)
           trained[CELLS[cell]] = (config, wd, out['members'])
   for task, T, k, k2 in b['truncation']:
     out = train_variant('configs/synthetic.py', _arg(task, 'lstm', T, k, k2),
