@@ -101,6 +101,29 @@ def test_music_trains_and_lowers_nll(tmp_path):
   assert np.isfinite(out['members'][0]['test/loss'])
 
 
+def test_shared_jsb_file_has_the_published_split():
+  """The reference file the studies read (configs/music.py's default path, from the
+  repository root): Boulanger-Lewandowski et al.'s 229/76/77 chorales of 88 keys, 0/1 frames.
+  Skips where the shared data folder is absent (CI)."""
+  import hashlib
+  from pathlib import Path
+  from research.data.music import read_mat
+  default = cli.load_config('configs/music.py', '').data.path
+  path = Path(__file__).resolve().parents[1] / default
+  if not path.is_file():
+    pytest.skip(f'{path} not present')
+  digest = hashlib.sha256(path.read_bytes()).hexdigest()
+  assert digest.startswith('ac0e6085') and digest.endswith('9b18d4'), digest  # shared README
+  rolls = read_mat(path)
+  assert {k: len(v) for k, v in rolls.items()} == {'train': 229, 'val': 76, 'test': 77}
+  for split in rolls.values():
+    for r in split:
+      assert r.shape[1] == 88 and set(np.unique(r)) <= {0.0, 1.0}
+  ds = load_dataset(music_config(path).data)
+  assert ds.sizes() == {'train': 229, 'val': 76, 'test': 77}
+  assert all(ds.info['frames'][k] == sum(len(r) - 1 for r in rolls[k]) for k in rolls)
+
+
 # data.source=music21 (research/data/chorales.py). CI has no music21: these skip there.
 
 def tiny_score():
