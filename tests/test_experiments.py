@@ -56,6 +56,28 @@ def test_variant_analysis_selects_by_validation_and_tests_against_vanilla():
   assert max(imp, key=imp.get) == 'lr' and imp['lr'] > 0.5
 
 
+def test_variant_analysis_per_hidden_size():
+  """With two sizes the overall comparison pools them, and each size gets its own best
+  trials and t-test: here NFG is 1 nat worse at 32 units and as good as vanilla at 64."""
+  small = fake_trials(n=60)
+  wide = [dict(t, hidden=64, test_nll=t['test_nll'] - (t['variant'] == 'NFG'),
+               val_nll=t['val_nll'] - (t['variant'] == 'NFG'))
+          for t in fake_trials(seed=1, n=60)]
+  a = lstm_variants.analyse(small + wide, ('vanilla', 'NFG'))
+  assert a['variants']['NFG']['n_trials'] == 120 and a['variants']['NFG']['n_top'] == 12
+  assert set(a['by_hidden']) == {32, 64}
+  for h, trials in ((32, small), (64, wide)):
+    got = a['by_hidden'][h]
+    for v in ('vanilla', 'NFG'):
+      mine = sorted((t for t in trials if t['variant'] == v), key=lambda t: t['val_nll'])
+      assert got[v]['top_test_nll'] == [t['test_nll'] for t in mine[:6]]  # 10% of 60
+  assert a['by_hidden'][32]['NFG']['welch_p_vs_vanilla'] < 1e-3
+  assert a['by_hidden'][64]['NFG']['welch_p_vs_vanilla'] > 0.01
+  assert 'by_hidden' not in lstm_variants.analyse(small, ('vanilla', 'NFG'))
+  table = lstm_variants._sizes_table(a, ('vanilla', 'NFG'))
+  assert 'hidden 32: best trials' in table and 'hidden 64: best trials' in table
+
+
 def test_tanh_rnn_gradient_decays_faster_below_radius_one():
   prof = bptt.gradient_profiles(T=30, radii=(0.5, 1.5), batch=20)
   assert set(prof) == {'LSTM', 'GRU', 'tanh RNN, radius 0.5', 'tanh RNN, radius 1.5'}
