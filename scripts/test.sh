@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv (if missing) with the dev extra and run the test suite.
 # RUN_SLOW=1 also runs the tests marked slow; extra arguments go to pytest.
+# Tests run in parallel (pytest-xdist), one worker per core up to 4; TEST_WORKERS=N
+# sets the count (TEST_WORKERS=0 runs them in this process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then "${PYTHON:-python3}" -m venv .venv; fi
@@ -15,4 +17,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 marker=()
 if [ "${RUN_SLOW:-0}" = "1" ]; then marker=(-m "slow or not slow"); fi
-exec .venv/bin/python -m pytest -q "${marker[@]}" "$@"
+workers=${TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
+exec .venv/bin/python -m pytest -q -n "$workers" --dist worksteal "${marker[@]}" "$@"
