@@ -125,7 +125,10 @@ def test_kill_9_mid_sweep_and_resume_loses_and_duplicates_nothing(tmp_path):
   while time.time() < deadline:  # kill while a population trains after two trials finished
     time.sleep(0.2)
     if (tmp_path / 'optuna.journal').exists():
-      before = _study(tmp_path).trials
+      try:
+        before = _study(tmp_path).trials
+      except KeyError:  # the journal file exists before the worker has written the study
+        continue
       states = [t.state for t in before]
       if states.count(TS.COMPLETE) >= 2 and TS.RUNNING in states:
         break
