@@ -17,5 +17,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 marker=()
 if [ "${RUN_SLOW:-0}" = "1" ]; then marker=(-m "slow or not slow"); fi
-workers=${TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
+workers=${TEST_WORKERS:-$(.venv/bin/python -c 'import os; print(min(os.cpu_count() or 1, 4))')}
 exec .venv/bin/python -m pytest -q -n "$workers" --dist worksteal "${marker[@]}" "$@"
