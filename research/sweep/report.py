@@ -169,7 +169,8 @@ def plot_best_so_far(curves: dict[str, list[tuple[np.ndarray, np.ndarray, np.nda
   for ax in axes:
     ax.set_ylabel(f'best {metric} so far')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize='small')
+    if ax.get_legend_handles_labels()[0]:  # a sweep whose trials all failed draws no curve
+      ax.legend(fontsize='small')
   if title:
     fig.suptitle(title)
   fig.tight_layout()
