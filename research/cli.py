@@ -60,3 +60,38 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f'error: unknown config key {culprit or missing!r}'
           + (f' ({hint.group(1)})' if hint else ''), file=sys.stderr)
     sys.exit(2)
+
+
+def guard(main):
+  """Wraps an absl ``main`` so that input errors end in one line, not a traceback.
+
+  ``ValueError`` (and `research.errors.UserError`), ``FileNotFoundError`` and
+  `research.checkpoint.CheckpointError` print ``error: <message>`` on stderr and
+  exit 2; `research.train.DivergenceError` exits 1; `research.errors.Interrupted`
+  prints its message and exits with its code (130 / 143). Anything else is a bug
+  and keeps its traceback.
+  """
+  import functools
+  import sys
+
+  from research import errors
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    from research.checkpoint import CheckpointError
+    from research.train import DivergenceError
+    try:
+      return main(argv)
+    except errors.Interrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(e.exit_code)
+    except DivergenceError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(errors.EXIT_DIVERGED)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+      msg = str(e).strip() or type(e).__name__
+      if isinstance(e, FileNotFoundError) and e.filename and e.filename not in msg:
+        msg = f'{msg}: {e.filename}'
+      print(f'error: {msg}', file=sys.stderr)
+      sys.exit(errors.EXIT_USAGE)
+  return wrapped

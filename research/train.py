@@ -100,7 +100,11 @@ class Trainer:
     self.input_noise = any(m['train.input_noise'] > 0 for m in members)
     self.augment = augment.parse(config.train.get('augment', ''))
 
-    self.init = jax.jit(jax.vmap(self.init_member))
+    # Members are initialised one after another (lax.map), not vmapped: under vmap the
+    # orthogonal initialiser's QR becomes one batched LAPACK call, which on jaxlib 0.10
+    # can deadlock XLA:CPU's thread pool (docs/known-problems.md). The parameters are
+    # the same either way (tests/test_train.py); init runs once per run.
+    self.init = jax.jit(lambda hp: jax.lax.map(self.init_member, hp))
     self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, 0, None)),
                                donate_argnums=0)
     self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, 0, 0, None)))
@@ -338,6 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                for name, s in splits.items() if s is not None}
 
   state = trainer.init(hp)
+  if shard is not None:  # lax.map's output is not sharded by the member axis: shard it
+    state = jax.device_put(state, shard)
   checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', config.train.checkpoint_keep)
   start_epoch = 0
   meta = {}
