@@ -40,5 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
       patience=0,  # evaluations without validation improvement before a member stops; 0 = never
       checkpoint_keep=2,  # latest checkpoints kept; each holds every member's best params too
       progress=True,
+      # seconds without a finished epoch or evaluation before the run dumps every thread's
+      # stack to workdir/hang-<time>.txt and exits 75 (research/watchdog.py); 0 = off.
+      # The first epoch (compilation) gets watchdog_s more.
+      watchdog_s=900,
   ))
   return c
