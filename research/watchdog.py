@@ -36,6 +36,9 @@ from typing import Any
 from research import errors
 
 _PY_SPY_TIMEOUT_S = 60
+# Set by `research.supervise` for its child: a file the watchdog appends the hang
+# report's path to, so the supervisor can name it when it restarts the run.
+NOTE_ENV = 'RESEARCH_HANG_NOTE'
 
 
 class Watchdog:
@@ -126,6 +129,10 @@ class Watchdog:
     path = None
     try:
       path = self._write_report(silent_s, limit)
+      note = os.environ.get(NOTE_ENV)
+      if note:
+        with open(note, 'a') as f:
+          f.write(f'{path}\n')
     except BaseException as e:  # noqa: BLE001 - never stay alive because the report failed
       try:
         sys.stderr.write(f'watchdog: could not write the stack report: {e!r}\n')

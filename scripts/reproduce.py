@@ -3,8 +3,15 @@
   python scripts/reproduce.py --experiment=mnist1d --workdir=runs/mnist1d [--budget=smoke]
   python scripts/reproduce.py --experiment=rnn_music --workdir=runs/music \
       [--data_path=../shared/data/JSB_Chorales.mat]
+
+The workdir records its study (study.json: experiment and budget); a workdir that
+holds another study, the same study at another budget, or a run that is no study
+is refused before anything is written. Re-running the same command resumes. A run
+that hangs (no training progress within train.watchdog_s) writes hang-*.txt and is
+restarted from its last checkpoint, up to --hang_retries times.
 """
 import inspect
+from pathlib import Path
 
 from research.devices import configure_cpu_devices
 
@@ -12,7 +19,8 @@ configure_cpu_devices()  # before JAX starts: one CPU device per core (research/
 
 from absl import app, flags  # noqa: E402
 
-from research import cli, experiments
+from research import cli, experiments, supervise  # noqa: E402
+from research.errors import UserError  # noqa: E402
 
 _EXPERIMENT = flags.DEFINE_string('experiment', None, f'One of {sorted(experiments.EXPERIMENTS)}.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (re-run to resume).')
@@ -24,18 +32,33 @@ _DATA_PATH = flags.DEFINE_string(
 flags.mark_flags_as_required(['experiment', 'workdir'])
 
 
+def _takes_data_path() -> list[str]:
+  return [name for name in sorted(experiments.EXPERIMENTS)
+          if 'data_path' in inspect.signature(experiments.get(name).run).parameters]
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.setup_logging()
-  run = experiments.get(_EXPERIMENT.value).run
+    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from research.experiments import common
+  name, workdir, budget = _EXPERIMENT.value, _WORKDIR.value, _BUDGET.value
+  run = experiments.get(name).run
   kwargs = {}
   if _DATA_PATH.value is not None:
     if 'data_path' not in inspect.signature(run).parameters:
-      raise app.UsageError(f'--data_path does not apply to {_EXPERIMENT.value}')
+      raise UserError(f'--data_path does not apply to --experiment={name} (only to '
+                      f'{", ".join(_takes_data_path())})')
+    path = Path(_DATA_PATH.value).expanduser()
+    if not path.is_file():
+      raise UserError(f'--data_path={_DATA_PATH.value}: no such file'
+                      + (' (it is a directory)' if path.is_dir() else ''))
     kwargs['data_path'] = _DATA_PATH.value
-  run(_WORKDIR.value, budget=_BUDGET.value, **kwargs)
+  common.claim_workdir(workdir, name, budget, write=False)  # refuse before anything starts
+  supervise.supervise()  # the supervisor runs the rest in a child and exits with its code
+  cli.setup_logging()
+  common.claim_workdir(workdir, name, budget)
+  run(workdir, budget=budget, **kwargs)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.guard(main))

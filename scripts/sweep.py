@@ -5,10 +5,13 @@
 
 The space is the config file's ``get_search_space(--space)``. Re-running the same
 command resumes (finished trials are kept, interrupted ones retried); running it in
-two shells splits the work. ``--storage`` takes 'journal' (default, a file in the
-workdir), 'sqlite' or an SQLAlchemy URL (e.g. postgresql://...) for many machines;
-on those, workers send heartbeats and a trial whose worker went silent (a dead
-machine) is retried by the others.
+two shells splits the work. A worker that hangs (no training progress within the
+config's train.watchdog_s) writes hang-*.txt in its run directory and is restarted,
+up to --hang_retries times; the restarted worker queues the trials it was training
+again and resumes them from their checkpoint. ``--storage`` takes 'journal'
+(default, a file in the workdir), 'sqlite' or an SQLAlchemy URL (e.g.
+postgresql://...) for many machines; on those, workers send heartbeats and a trial
+whose worker went silent (a dead machine) is retried by the others.
 """
 import importlib.util
 import sys
@@ -21,7 +24,7 @@ configure_cpu_devices()  # before JAX starts: one CPU device per core (research/
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags
 
-from research import cli
+from research import cli, supervise
 from research.sweep import runner
 from research.sweep.space import SearchSpaceError
 
@@ -67,6 +70,7 @@ def main(argv):
   ref += ''.join(f' --config.{k}={v!r}' for k, v in overrides.items())
   try:
     space = load_space(config_file, _SPACE.value)
+    supervise.supervise()  # the supervisor runs the sweep in a child and exits with its code
     out = runner.run_sweep(
         _CONFIG.value, space, _METHOD.value, _TRIALS.value, _WORKDIR.value,
         storage=_STORAGE.value, study_name=_STUDY.value, batch=_BATCH.value, seed=_SEED.value,
@@ -82,4 +86,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.guard(main), flags_parser=cli.parse_flags)

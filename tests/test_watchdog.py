@@ -1,12 +1,15 @@
 """The hang watchdog (research/watchdog.py) in real subprocesses: a blocked program
 is ended with exit 75, one stderr line and a stack report; a slow but beating one
 is left alone; timeout 0 is off."""
+import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+import pytest
 
 from research import errors
 from research.watchdog import Watchdog
@@ -123,3 +126,173 @@ def test_timeouts_in_process(tmp_path):
   with Watchdog(tmp_path, timeout_s=100, first_timeout_s=5) as d:
     assert d.timeout() == 5
   assert d._thread is None
+
+
+# -- the supervisor (research/supervise.py) ------------------------------------
+
+DRIVER = '''
+import os, sys, threading, time
+from pathlib import Path
+
+import pytest
+from research import supervise
+from research.watchdog import Watchdog
+
+workdir, mode, retries = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+supervise.supervise(retries)  # the supervisor exits here with the child's code
+with open(workdir / 'attempts', 'a') as f:
+  f.write('x')
+n = len((workdir / 'attempts').read_text())
+if mode == 'hang_always' or (mode == 'hang_once' and n == 1):
+  with Watchdog(workdir, timeout_s=1) as dog:
+    dog.beat(attempt=n)
+    threading.Event().wait()
+if mode == 'exit3':
+  sys.exit(3)
+if mode == 'wait':
+  (workdir / 'child.pid').write_text(str(os.getpid()))
+  try:
+    time.sleep(120)
+  except KeyboardInterrupt:
+    print('child interrupted', flush=True)
+    sys.exit(130)
+print(f'finished on attempt {n}', flush=True)
+'''
+
+
+def _driver(tmp_path, mode, retries=2, **kw):
+  script = tmp_path / 'driver.py'
+  script.write_text(DRIVER)
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  env.pop(supervise_env(), None)
+  return subprocess.Popen([sys.executable, str(script), str(tmp_path), mode, str(retries)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=tmp_path, **kw)
+
+
+def supervise_env():
+  from research import supervise
+  return supervise.ENV
+
+
+def test_the_supervisor_reruns_a_hung_child(tmp_path):
+  p = _driver(tmp_path, 'hang_once')
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 0, err
+  assert out.strip() == 'finished on attempt 2'
+  hang = list(tmp_path.glob('hang-*.txt'))
+  assert len(hang) == 1
+  lines = err.strip().splitlines()
+  assert len(lines) == 2, err
+  assert lines[0].startswith('error: no training progress for 1 s (last completed: attempt 1)')
+  assert lines[1] == (f'run hung (stacks in {hang[0]}); resuming from the last checkpoint '
+                      '(retry 1 of 2)')
+
+
+def test_the_supervisor_gives_up_after_its_retries(tmp_path):
+  p = _driver(tmp_path, 'hang_always', retries=1)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == errors.EXIT_HANG, err
+  assert (tmp_path / 'attempts').read_text() == 'xx'
+  assert len(list(tmp_path.glob('hang-*.txt'))) == 2
+  lines = err.strip().splitlines()
+  assert len(lines) == 4, err
+  assert lines[1].endswith('(retry 1 of 1)')
+  assert lines[3].startswith('error: run hung 2 time(s) (last stacks in ')
+  assert 'Traceback' not in err
+
+
+def test_the_supervisor_passes_other_exit_codes_on(tmp_path):
+  p = _driver(tmp_path, 'exit3')
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 3, err
+  assert (tmp_path / 'attempts').read_text() == 'x'
+  assert err == ''
+
+
+def _wait_for(path, timeout=60):
+  end = time.monotonic() + timeout
+  while not path.exists():
+    assert time.monotonic() < end, f'{path} never appeared'
+    time.sleep(0.1)
+  time.sleep(0.3)
+
+
+def test_ctrl_c_reaches_the_child_and_the_supervisor_prints_no_traceback(tmp_path):
+  import signal
+  p = _driver(tmp_path, 'wait', start_new_session=True)  # its own process group: a 'terminal'
+  _wait_for(tmp_path / 'child.pid')
+  os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+  out, err = p.communicate(timeout=60)
+  assert p.returncode == 130, err
+  assert out.strip() == 'child interrupted'
+  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err
+
+
+def test_sigterm_to_the_supervisor_is_forwarded_to_the_child(tmp_path):
+  import signal
+  p = _driver(tmp_path, 'wait', start_new_session=True)
+  _wait_for(tmp_path / 'child.pid')
+  child = int((tmp_path / 'child.pid').read_text())
+  p.send_signal(signal.SIGTERM)  # the supervisor only
+  _, err = p.communicate(timeout=60)
+  assert p.returncode == 128 + signal.SIGTERM, err
+  with pytest.raises(ProcessLookupError):
+    os.kill(child, 0)
+
+
+SWEEP_DRIVER = '''
+import sys, threading
+from pathlib import Path
+from research import supervise
+from research.sweep import runner
+from research.watchdog import Watchdog
+from tests import sweep_worker as sw
+
+workdir = Path(sys.argv[1])
+supervise.supervise(2)
+
+def train(config, run_dir):
+  marker = workdir / 'hung_in'
+  if not marker.exists():  # the first population hangs, as a stuck device call would
+    marker.write_text(Path(run_dir).name)
+    with Watchdog(run_dir, timeout_s=1) as dog:
+      threading.Event().wait()
+  return sw.fake_train(config, run_dir)
+
+runner.run_sweep(sw.base_config(), sw.SPACE, 'random', 6, workdir, batch=3, train_fn=train,
+                 report=False)
+print('sweep done', flush=True)
+'''
+
+
+def test_a_hung_sweep_worker_is_restarted_and_retries_its_trials(tmp_path):
+  import optuna
+  from research.sweep import runner
+  script = tmp_path / 'sweep_driver.py'
+  script.write_text(SWEEP_DRIVER)
+  workdir = tmp_path / 'sweep'
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  env.pop(supervise_env(), None)
+  p = subprocess.run([sys.executable, str(script), str(workdir)], capture_output=True, text=True,
+                     env=env, cwd=REPO, timeout=300)
+  assert p.returncode == 0, p.stderr
+  assert 'sweep done' in p.stdout
+  hung_run = (workdir / 'hung_in').read_text()
+  hang = list((workdir / 'runs' / hung_run).glob('hang-*.txt'))
+  assert len(hang) == 1
+  assert f'run hung (stacks in {hang[0]}); resuming from the last checkpoint (retry 1 of 2)' \
+      in p.stderr
+  study = optuna.load_study(study_name='sweep', storage=runner.make_storage(None, workdir))
+  states = [t.state for t in study.get_trials()]
+  TS = optuna.trial.TrialState
+  assert TS.RUNNING not in states and TS.WAITING not in states
+  assert states.count(TS.COMPLETE) == 6
+  interrupted = [t for t in study.get_trials() if t.state == TS.FAIL]
+  assert len(interrupted) == 3  # the hung worker's whole batch, each queued again once
+  assert all(t.user_attrs['fail_reason'] == 'interrupted' for t in interrupted)
+  retried = {t.user_attrs.get('retry_of') for t in study.get_trials() if t.state == TS.COMPLETE}
+  assert {t.number for t in interrupted} <= retried
+  # The retried batch forms the same population, so it trains in the hung run's directory.
+  calls = [json.loads(l) for l in (workdir / 'calls.jsonl').read_text().splitlines()]
+  assert hung_run in {c['run'] for c in calls}

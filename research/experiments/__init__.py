@@ -6,6 +6,7 @@ resumes: finished runs are restored from their last checkpoint.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 
 EXPERIMENTS = {
@@ -24,6 +25,11 @@ EXPERIMENTS = {
 
 
 def get(name: str):
+  """The study's module; an unknown name is a `research.errors.UserError` naming it,
+  the closest known name and all of them."""
   if name not in EXPERIMENTS:
-    raise ValueError(f'Unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}')
+    from research.errors import UserError
+    close = difflib.get_close_matches(str(name), EXPERIMENTS, n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    raise UserError(f'unknown experiment {name!r}{hint}; known: {", ".join(sorted(EXPERIMENTS))}')
   return importlib.import_module(EXPERIMENTS[name])

@@ -1,11 +1,16 @@
 """Plumbing shared by the reproductions: train a config variant, write the report."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 from research import cli, configlib
+from research.errors import UserError
 from research.train import train_and_evaluate
+
+STUDY_FILE = 'study.json'  # {"experiment": name, "budget": budget}, written at a study's start
 
 
 def variant_config(config_file: str, arg: str, **overrides: Any):
@@ -36,3 +41,64 @@ def write_report(workdir: Path, title: str, intro: str, sections: list[str],
   lines += [f'Total wall time: {wall_s:.0f} s.', '']
   lines += [f'![{alt}]({path})' for alt, path in images.items()]
   (Path(workdir) / 'report.md').write_text('\n'.join(lines) + '\n')
+
+
+def workdir_holds(workdir: str | Path) -> dict | None:
+  """What a workdir holds, before a study writes into it: None for a new or empty one,
+  else ``{'experiment', 'budget', 'source'}`` for a study (from ``study.json``, or an
+  older study's ``results.json``), or ``{'other': description}`` for a run that is no
+  study (a ``scripts/train.py`` run, a sweep)."""
+  workdir = Path(workdir)
+  if not workdir.exists():
+    return None
+  if not workdir.is_dir():
+    return {'other': 'a file, not a directory'}
+  study = workdir / STUDY_FILE
+  if study.exists():
+    try:
+      saved = json.loads(study.read_text())
+      return {'experiment': str(saved['experiment']), 'budget': saved.get('budget'),
+              'source': STUDY_FILE}
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(f'{study} is not a study record ({e}); use a new --workdir') from None
+  if (workdir / 'config.json').exists():
+    return {'other': 'a single training run (config.json; scripts/train.py)'}
+  if any((workdir / f).exists() for f in ('optuna.journal', 'optuna.db')):
+    return {'other': 'a sweep (scripts/sweep.py)'}
+  res = workdir / 'results.json'
+  if res.exists():
+    try:
+      saved = json.loads(res.read_text())
+    except ValueError:
+      saved = None
+    if isinstance(saved, dict) and isinstance(saved.get('experiment'), str):
+      return {'experiment': saved['experiment'], 'budget': saved.get('budget'),
+              'source': 'results.json'}
+    return {'other': 'a results.json of unknown origin'}
+  return None
+
+
+def claim_workdir(workdir: str | Path, experiment: str, budget: str, write: bool = True) -> None:
+  """Refuses a workdir that holds another study, the same study at another budget or a
+  run that is no study (`research.errors.UserError`, nothing touched); else, with
+  ``write``, records ``study.json`` there so that later runs can tell."""
+  workdir = Path(workdir)
+  found = workdir_holds(workdir)
+  if found is not None and 'other' in found:
+    raise UserError(f'{workdir} holds {found["other"]}, not a study; use a new --workdir')
+  if found is not None and found['experiment'] != experiment:
+    raise UserError(
+        f'{workdir} holds the {found["experiment"]!r} study ('
+        + (f'--budget={found["budget"]}, ' if found.get('budget') else '')
+        + f'{found["source"]}), not '
+        f'{experiment!r}; use a new --workdir, or --experiment={found["experiment"]} to resume it')
+  if found is not None and found.get('budget') not in (None, budget):
+    raise UserError(
+        f'{workdir} holds the {experiment!r} study at --budget={found["budget"]}; re-run with '
+        f'--budget={found["budget"]} to resume it, or use a new --workdir for --budget={budget}')
+  if not write or (found is not None and found['source'] == STUDY_FILE):
+    return
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / f'{STUDY_FILE}.tmp'
+  tmp.write_text(json.dumps({'experiment': experiment, 'budget': budget}, indent=2) + '\n')
+  os.replace(tmp, workdir / STUDY_FILE)
