@@ -258,47 +258,51 @@ def _carry_profile(c, batch: int, params=None) -> np.ndarray:
   return norms[next(iter(norms))]
 
 
-def _plot_profiles(panels: dict[str, dict[str, np.ndarray]], T: int, path: Path) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+def _plot_profiles(panels: dict[str, dict[str, np.ndarray]], T: int, path: Path | None):
+  """||dL/dh_t|| against the lag T - t, one panel per entry of ``panels``, one colour
+  per model in every panel. Returns the Figure."""
+  from research.analysis import curves
+  fig, axes = curves.new_figure(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
   labels = list(dict.fromkeys(k for p in panels.values() for k in p))
   color = {k: f'C{i}' for i, k in enumerate(labels)}  # one colour per model in every panel
   for ax, (title, profiles) in zip(axes[0], panels.items()):
     for label, g in profiles.items():
       lag = T - 1 - np.arange(len(g))
       ax.semilogy(lag, np.maximum(g, 1e-30), label=label, color=color[label])
-    ax.set_xlabel('time lag T - t')
-    ax.set_ylabel('||dL/dh_t||')
+    ax.set_xlabel('time lag T - t (steps)')
+    curves.integer_ticks(ax.xaxis)
+    ax.set_ylabel('||dL/dh_t|| (log scale)')
     ax.set_title(f'{title}, temporal order T = {T}', fontsize='medium')
     ax.grid(alpha=0.3, which='both')
-    ax.legend(fontsize='small')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize='small')
+  fig.suptitle('Gradient of the loss with respect to the hidden state against time lag')
+  return curves.save(fig, path)
 
 
-def _plot_success(detail: list[dict], path: Path) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+def _plot_success(detail: list[dict], path: Path | None):
+  """Success rate over seeds against sequence length per task, cell and clipping
+  (dashed: no clipping); one legend for all panels. Returns the Figure."""
+  from research.analysis import curves
   tasks = sorted({d['task'] for d in detail})
-  fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+  fig, axes = curves.new_figure(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+  handles = {}
   for ax, task in zip(axes[0], tasks):
     for i, cell in enumerate(CELLS):
       for clip, ls in ((0.0, '--'), (1.0, '-')):
         pts = sorted((d['T'], d['success_rate']) for d in detail if d['task'] == task
                      and d['cell'] == cell and d['clip'] == clip and not d['truncation'])
         if pts:
-          ax.plot(*zip(*pts), ls, marker='o', color=f'C{i}',
-                  label=f'{CELLS[cell]}{" clip" if clip else ""}')
-    ax.set_title(task)
-    ax.set_xlabel('sequence length T')
-    ax.set_ylabel('success rate over seeds')
+          label = f'{CELLS[cell]}, {"clip 1" if clip else "no clip"}'
+          handles.setdefault(label, ax.plot(*zip(*pts), ls, marker='o', color=f'C{i}',
+                                            label=label)[0])
+    ax.set_title(f'{task}: success rate', fontsize='medium')
+    ax.set_xlabel('sequence length T (steps)')
+    curves.integer_ticks(ax.xaxis)
+    ax.set_ylabel('success rate (fraction of seeds)')
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
-  axes[0][-1].legend(fontsize='small', loc='center left', bbox_to_anchor=(1.01, 0.5))
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  if handles:  # one legend for every panel: a cell absent from the last panel is still named
+    fig.legend(list(handles.values()), list(handles), fontsize='small', loc='center left',
+               bbox_to_anchor=(1.0, 0.5))
+  return curves.save(fig, path)

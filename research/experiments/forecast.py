@@ -16,16 +16,12 @@ import time
 from pathlib import Path
 
 import jax
-import matplotlib
 import numpy as np
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from research import cli, results  # noqa: E402
-from research.data import forecast as fc  # noqa: E402
-from research.experiments.common import write_report  # noqa: E402
-from research.train import load_trained, member_variables, train_and_evaluate  # noqa: E402
+from research import cli, results
+from research.data import forecast as fc
+from research.experiments.common import write_report
+from research.train import load_trained, member_variables, train_and_evaluate
 
 MODELS = {'conv_lstm': 'Conv -> LSTM', 'lstm': 'LSTM only', 'mlp': 'MLP'}
 BUDGETS = {'full': dict(series=('airline',), epochs=300, quick=False),
@@ -46,6 +42,33 @@ def predict(config, workdir: Path):
   return ds, np.stack([fc.to_original(o, ds.info, 'test') for o in out])
 
 
+# Axis labels of the plotted series: (time step, value), in the series' units.
+SERIES_AXES = {'airline': ('month (0 = January 1949)', 'passengers (thousands per month)'),
+               'lynx': ('year (0 = 1821)', 'lynx trapped per year'),
+               'shampoo': ('month (0 = first month)', 'shampoo sales per month')}
+
+
+def plot_forecasts(series: str, info: dict, forecasts: dict[str, np.ndarray],
+                   path: Path | None = None):
+  """The whole series, the start of its test period and each forecast of the last
+  test window (``forecasts``: legend label -> values). Returns the Figure."""
+  from research.analysis import curves
+  fig, ax = curves.new_figure(figsize=(8, 4))
+  ax.plot(np.arange(len(info['raw'])), info['raw'], color='k', lw=1, label=f'{series} series')
+  t = info['origins']['test'][-1] + np.arange(info['horizon'])
+  for label, values in forecasts.items():
+    ax.plot(t, values, 'k--' if label == 'seasonal naive' else '-', label=label)
+  ax.axvline(info['bounds']['test'][0], color='grey', lw=0.5, label='test period starts')
+  xlabel, ylabel = SERIES_AXES.get(series, ('time step', series))
+  ax.set_xlabel(xlabel)
+  curves.integer_ticks(ax.xaxis)
+  ax.set_ylabel(ylabel)
+  ax.set_title(f'{series}: last test window ({info["horizon"]}-step forecast)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return curves.save(fig, path, dpi=100)
+
+
 def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +77,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   rows, extra, plots = [], {}, {}
   for series in b['series']:
     truth = naive = None
-    fig, ax = plt.subplots(figsize=(8, 4))
+    forecasts = {}  # legend label -> the last test window's forecast, for the plot
     for model, label in MODELS.items():
       arg = f'model={model},series={series},epochs={b["epochs"]}' + (',quick' if b['quick'] else '')
       config = cli.load_config('configs/forecast.py', arg)
@@ -69,24 +92,15 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
         rows.append(results.row(f'{series} seasonal naive', 'test_mae', [scores(naive, truth)['mae']]))
         rows.append(results.row(f'{series} seasonal naive', 'test_rmse',
                                 [scores(naive, truth)['rmse']]))
-        t = np.arange(len(info['raw']))
-        ax.plot(t, info['raw'], color='k', lw=1, label='series')
-        o = info['origins']['test'][-1]
-        ax.plot(o + np.arange(info['horizon']), naive[-1], 'k--', label='seasonal naive')
+        forecasts['seasonal naive'] = naive[-1]
       ok = [i for i, m in enumerate(out['members']) if not m['diverged']]
       s = [scores(pred[i], truth) for i in ok]
       for metric in ('mae', 'rmse'):
         rows.append(results.row(f'{series} {label}', f'test_{metric}', [x[metric] for x in s]))
       extra[f'{series} {label}'] = {'num_params': out['num_params'],
                                     'train_time_s': out['train_time_s']}
-      o = info['origins']['test'][-1]
-      ax.plot(o + np.arange(info['horizon']), pred[ok[0], -1], label=f'{label} (seed 0)')
-    ax.axvline(info['bounds']['test'][0], color='grey', lw=0.5)
-    ax.set_title(f'{series}: last test window ({info["horizon"]}-step forecast)')
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(workdir / f'{series}_forecast.png', dpi=100)
-    plt.close(fig)
+      forecasts[f'{label} (member {ok[0]})'] = pred[ok[0], -1]
+    plot_forecasts(series, info, forecasts, workdir / f'{series}_forecast.png')
     plots[f'{series} forecasts'] = f'{series}_forecast.png'
   wall = time.time() - t0
   out = results.write(workdir / 'results.json', 'forecast', rows, budget=budget, wall_time_s=wall,

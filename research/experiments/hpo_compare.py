@@ -98,7 +98,8 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   importance = {k: float(np.mean([i.get(k, 0.0) for i in imps])) for k in keys}
   curves = {m: [(np.asarray(s['best_so_far']['trials']), np.asarray(s['best_so_far']['wall_s']),
                  np.asarray(s['best_so_far']['best'])) for s in runs] for m, runs in sweeps.items()}
-  sweep_report.plot_best_so_far(curves, workdir / 'best_so_far.png', 'val/nelbo',
+  sweep_report.plot_best_so_far(curves, workdir / 'best_so_far.png',
+                                'validation negative ELBO (nats/image)',
                                 f'Digits VAE, {b["trials"]} trials per sweep, '
                                 f'{len(b["seeds"])} sweep seeds')
   speed = _population_speedup(workdir, b)

@@ -106,10 +106,12 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
                             ANCHOR if v == 'vanilla' else SOURCE))
   for name, vals in adding['rows'].items():
     rows.append(results.row(name, 'adding_test_mse', vals))
-  _plot_variants(analysis, b['variants'], workdir / 'variants.png')
+  _plot_variants(analysis, b['variants'], workdir / 'variants.png',
+                 reference=(8.45, 'Bai et al. 2018, LSTM'))
   curves.plot_curves({v: workdir / f'{v}_h{b["hidden"][-1]}' for v in b['variants']},
                      'val/loss', workdir / 'curves.png',
-                     title=f'JSB validation NLL, all trials at hidden {b["hidden"][-1]} (mean ± std)')
+                     title=f'JSB validation NLL, all trials at hidden {b["hidden"][-1]} (mean ± std)',
+                     ylabel='validation NLL (nats/frame)')
   out = results.write(workdir / 'results.json', 'lstm_variants', rows, budget=budget,
                       wall_time_s=wall, analysis=analysis, adding=adding,
                       trials=[{k: v for k, v in t.items() if k != 'val_curve'} for t in trials])
@@ -302,21 +304,28 @@ def _adding_runs(workdir: Path, spec: dict) -> dict:
   return {'rows': rows, 'table': '\n'.join(lines)}
 
 
-def _plot_variants(analysis: dict, variants, path: Path) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(8, 4))
+def _plot_variants(analysis: dict, variants, path: Path | None,
+                   reference: tuple[float, str] | None = None):
+  """Test NLL of every trial (grey) and of the best trials (blue) per variant, and
+  ``reference`` = (value, source) as a dotted level. Returns the Figure."""
+  fig, ax = curves.new_figure(figsize=(8, 4))
   for i, v in enumerate(variants):
     a = analysis['variants'][v]
-    ax.scatter(np.full(len(a['all_test_nll']), i), a['all_test_nll'], color='0.7', s=12)
-    ax.scatter(np.full(len(a['top_test_nll']), i), a['top_test_nll'], color='C0', s=18)
-  ax.set_xticks(range(len(variants)), variants)
-  ax.set_ylabel('test NLL per frame')
-  ax.set_title('JSB Chorales: all trials (grey) and best trials (blue) per LSTM variant')
-  ax.grid(alpha=0.3)
+    ax.scatter(np.full(len(a['all_test_nll']), i), a['all_test_nll'], color='0.7', s=12,
+               label='all trials' if i == 0 else None)
+    ax.scatter(np.full(len(a['top_test_nll']), i), a['top_test_nll'], color='C0', s=18,
+               label=f'best {TOP_FRACTION:.0%} (at least {MIN_TOP}) by validation NLL'
+               if i == 0 else None)
   lo = min(min(analysis['variants'][v]['all_test_nll'], default=8) for v in variants)
+  if reference is not None:
+    ax.axhline(reference[0], color='k', ls=':', lw=1,
+               label=f'published: {reference[1]} ({reference[0]:g})')
+    lo = min(lo, reference[0])
+  ax.set_xticks(range(len(variants)), variants)
+  ax.set_xlabel('LSTM variant')
+  ax.set_ylabel('test NLL (nats/frame)')
+  ax.set_title('JSB Chorales: test NLL of every trial per LSTM variant')
+  ax.grid(alpha=0.3)
   ax.set_ylim(lo - 0.2, lo + 6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  ax.legend(fontsize='small', loc='upper right')
+  return curves.save(fig, path)

@@ -46,7 +46,9 @@ def run(workdir: str | Path, budget: str = 'full', models: list[str] | None = No
   wall = time.time() - t0
   curves.plot_curves(runs, 'val/accuracy', workdir / 'curves.png',
                      title='MNIST-1D validation accuracy (mean ± std over seeds)', scale=100,
-                     references={MODELS[v][0]: MODELS[v][1] for v in models})
+                     references={MODELS[v][0]: (MODELS[v][1], 'Greydanus & Kobak 2020')
+                                 for v in models},
+                     reference_label='published test accuracy')
   out = results.write(workdir / 'results.json', 'mnist1d', rows, budget=budget,
                       wall_time_s=wall, models=extra)
   table = results.markdown_table(rows, scale=100, digits=1)

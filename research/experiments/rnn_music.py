@@ -60,7 +60,9 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
   wall = time.time() - t0
   curves.plot_curves(runs, 'val/loss', workdir / 'curves.png',
                      title='JSB Chorales validation NLL per frame (mean ± std over seeds)',
-                     references={n: r['published'] for n, r in zip(runs, rows)})
+                     ylabel='validation NLL (nats/frame)',
+                     references={n: (r['published'], r['source']) for n, r in zip(runs, rows)},
+                     reference_label='published test NLL')
   out = results.write(workdir / 'results.json', 'rnn_music', rows, budget=budget,
                       wall_time_s=wall, models=info)
   table = results.markdown_table(rows, digits=2)

@@ -60,7 +60,8 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
                      f'{text_data.decode(ids, vocab)}\n```')
   wall = time.time() - t0
   curves.plot_curves(runs, 'val/loss', workdir / 'curves.png',
-                     title='validation loss (nats/char, mean ± std over seeds)')
+                     title='Character-level text: validation loss (mean ± std over seeds)',
+                     ylabel='validation loss (nats/char)')
   out = results.write(workdir / 'results.json', 'text', rows, budget=budget, wall_time_s=wall,
                       runs=extra, corpus={k: ds.info[k] for k in ('chars', 'python_version',
                                                                   'corpus_sha1')})

@@ -71,7 +71,8 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   for ds in b['datasets']:
     curves.plot_curves({MODELS[m]: workdir / f'{ds}_{m}' for m in b['models']}, 'train/loss',
                        workdir / f'{ds}_curves.png',
-                       title=f'{ds}: training loss (mean ± std over seeds)')
+                       title=f'{ds}: training loss (mean ± std over seeds)',
+                       ylabel='training cross-entropy (nats/example)')
   wall = time.time() - t0
   out = results.write(workdir / 'results.json', 'ucr', rows, budget=budget, wall_time_s=wall,
                       runs=extra)

@@ -97,10 +97,10 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
 
 
 def _plot(table, b, latent, path):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  """Rate vs distortion, KL vs beta and active units vs beta per variant (test
+  terms, mean over seeds). Returns the Figure."""
+  from research.analysis import curves
+  fig, axes = curves.new_figure(1, 3, figsize=(13, 3.8))
   for i, name in enumerate(VARIANTS):
     betas = [beta for beta in b['betas'] if (name, beta) in table]
     if not betas:
@@ -112,17 +112,20 @@ def _plot(table, b, latent, path):
       axes[0].annotate(f'{bb:g}', (x, y), fontsize='x-small')
     axes[1].plot(betas, kl, 'o-', color=f'C{i}', label=name)
     axes[2].plot(betas, au, 'o-', color=f'C{i}', label=name)
-  axes[0].set_xlabel('KL (rate, nats)')
-  axes[0].set_ylabel('reconstruction -log p(x|z) (nats)')
-  axes[0].set_title('rate vs distortion (labels: beta)')
-  axes[1].set_ylabel('KL (nats)')
+  axes[0].set_xlabel('KL (rate, nats/image)')
+  axes[0].set_ylabel('reconstruction -log p(x|z) (nats/image)')
+  axes[0].set_title('rate vs distortion (point labels: beta)')
+  axes[1].set_ylabel('KL (nats/image)')
+  axes[1].set_title('rate vs beta')
   axes[2].set_ylabel(f'active units (of {latent})')
+  axes[2].set_title('active units vs beta')
+  curves.integer_ticks(axes[2].yaxis)
   for ax in axes[1:]:
     ax.set_xscale('log')
-    ax.set_xlabel('beta')
+    ax.set_xlabel('beta (KL weight)')
   for ax in axes:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize='small')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize='small')
+  fig.suptitle('Digits VAE: test rate, distortion and active units per beta (mean over seeds)')
+  return curves.save(fig, path, dpi=110)

@@ -104,7 +104,8 @@ def write(study: optuna.Study, workdir: Path, space, config, config_ref: str,
   imp = importance(study)
   _atomic_write(workdir / 'importance.json', json.dumps(imp, indent=2))
   plot_best_so_far({study.user_attrs.get('method', 'sweep'): [(n, wall, best)]},
-                   workdir / 'best_so_far.png', study.user_attrs.get('metric', 'value'))
+                   workdir / 'best_so_far.png', study.user_attrs.get('metric', 'value'),
+                   task_kind=getattr(getattr(config, 'task', None), 'kind', None))
   metric = study.user_attrs.get('metric', 'val/value').replace('/', '_')
   rows, best_info = [], None
   if counts['COMPLETE']:
@@ -143,13 +144,15 @@ def _fmt(v) -> str:
 
 
 def plot_best_so_far(curves: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
-                     path: Path, metric: str, title: str = '') -> None:
-  """Best value so far against completed trials and against wall time; with
-  several sweeps per method, the median and the range over them."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+                     path: Path | None, metric: str, title: str = '',
+                     task_kind: str | None = None):
+  """Best value so far against completed trials and against wall time, as steps
+  (the best changes only when a trial completes); with several sweeps per method,
+  the median and the range over them. ``metric`` is a metrics key ('val/nelbo')
+  or a ready axis label. Returns the Figure; writes it to ``path`` when given."""
+  from research.analysis import curves as curves_lib
+  label = curves_lib.metric_label(metric, task_kind=task_kind) if '/' in metric else metric
+  fig, axes = curves_lib.new_figure(1, 2, figsize=(11, 4))
   for i, (name, runs) in enumerate(curves.items()):
     color = f'C{i}'
     runs = [r for r in runs if len(r[0])]
@@ -158,21 +161,26 @@ def plot_best_so_far(curves: dict[str, list[tuple[np.ndarray, np.ndarray, np.nda
     length = min(len(r[0]) for r in runs)
     stack = np.stack([r[2][:length] for r in runs])
     x = np.arange(1, length + 1)
-    axes[0].plot(x, np.median(stack, 0), color=color, label=f'{name} (n={len(runs)})')
+    axes[0].plot(x, np.median(stack, 0), color=color, drawstyle='steps-post',
+                 marker='o' if length == 1 else None,
+                 label=f'{name} (median of {len(runs)})' if len(runs) > 1 else name)
     if len(runs) > 1:
-      axes[0].fill_between(x, stack.min(0), stack.max(0), color=color, alpha=0.2)
+      axes[0].fill_between(x, stack.min(0), stack.max(0), color=color, alpha=0.2, step='post',
+                           label=f'{name} (range)')
     for j, (_, wall, best) in enumerate(runs):
-      axes[1].step(wall, best, where='post', color=color, alpha=0.8,
-                   label=name if j == 0 else None)
-  axes[0].set_xlabel('completed trials')
+      axes[1].plot(wall, best, drawstyle='steps-post', color=color, alpha=0.8,
+                   marker='o' if len(wall) == 1 else None,
+                   label=name + (f' ({len(runs)} sweeps)' if len(runs) > 1 else '') if j == 0
+                   else f'_{name} sweep {j}')
+  axes[0].set_xlabel('trial (completed, in order of completion)')
+  curves_lib.integer_ticks(axes[0].xaxis)
+  axes[0].set_title('by completed trials')
   axes[1].set_xlabel('wall time (s)')
+  axes[1].set_title('by wall time')
   for ax in axes:
-    ax.set_ylabel(f'best {metric} so far')
+    ax.set_ylabel(f'best {label} so far')
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # a sweep whose trials all failed draws no curve
       ax.legend(fontsize='small')
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  fig.suptitle(title or f'Best {label} so far')
+  return curves_lib.save(fig, path, dpi=110)
