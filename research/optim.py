@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -126,3 +127,15 @@ def default_config() -> ml_collections.ConfigDict:
       decay_steps=1000, decay_rate=0.5,
       plateau_patience=10, plateau_cooldown=0, plateau_window=1, plateau_min_scale=0.0,
   ))
+
+
+def step_size(opt_state: Any, multiplier: optax.Schedule, step) -> jnp.ndarray:
+  """The learning rate a member's next update uses: ``lr * multiplier(step)``, times
+  reduce-on-plateau's current scale when the schedule is 'plateau'."""
+  lr = opt_state.hyperparams['learning_rate'] * multiplier(step)
+  scales = [s.scale for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState))
+            if isinstance(s, optax.contrib.ReduceLROnPlateauState)]
+  for scale in scales:
+    lr = lr * scale
+  return lr

@@ -22,9 +22,14 @@ sharded over them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,7 @@ import numpy as np
 import optax
 
 from research import checkpoint as ckpt_lib
-from research import augment, configlib, optim, population, results
+from research import augment, configlib, errors, optim, population, provenance, results
 from research.data import Dataset, load_dataset
 from research.models import build_model
 from research.tasks import Task, make_task, mean_over_batch
@@ -94,6 +99,7 @@ class Trainer:
         decay=any(m['optim.weight_decay'] > 0 for m in members),
         momentum=any(m['optim.momentum'] > 0 for m in members),
         steps_per_epoch=self.steps_per_epoch)
+    self.multiplier = optim.schedule_multiplier(config.optim, self.total_steps)
     self.sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
     self.maximize = task.select_mode == 'max'
     self.patience = int(config.train.patience)
@@ -160,6 +166,8 @@ class Trainer:
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['lr'] = optim.step_size(state.opt_state, self.multiplier, state.step)
 
     live = state.active & ~state.diverged
     finite = jnp.isfinite(loss) & _all_finite(params)
@@ -253,226 +261,416 @@ def member_sharding(num_members: int):
 
 
 # Keys that change nothing a run computes: a resumed run may set them differently.
-RESUME_MAY_DIFFER = frozenset({'train.progress'})
+RESUME_MAY_DIFFER = frozenset({'train.progress', 'train.watchdog_s'})
 
 
-def _check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-  """Writes config.json, or checks that a resumed run has the same config."""
+def _check_config(workdir: Path, config: ml_collections.ConfigDict, has_checkpoint: bool) -> None:
+  """Writes config.json, or checks that a resumed run has the same config.
+
+  A workdir without a checkpoint holds no training to resume (e.g. a run that
+  failed on bad input): its config.json is replaced by the new config."""
   path = workdir / 'config.json'
   current = json.loads(config.to_json_best_effort())
   if path.exists():
     saved = json.loads(path.read_text())
-    if saved != current:
-      a = configlib.flatten(ml_collections.ConfigDict(saved))
-      b = configlib.flatten(ml_collections.ConfigDict(current))
-      # A key the saved run lacks is an option added to the code since; at an 'off'
-      # value (0, False, '', None) it computes what the saved run computed.
-      added_off = {k for k in set(b) - set(a) if b[k] in (0, False, '', None)}
-      diff = sorted(k for k in set(a) | set(b)
-                    if a.get(k) != b.get(k) and k not in RESUME_MAY_DIFFER | added_off)
-      if not diff:
-        return
+    if saved == current:
+      return
+    a = configlib.flatten(ml_collections.ConfigDict(saved))
+    b = configlib.flatten(ml_collections.ConfigDict(current))
+    # A key the saved run lacks is an option added to the code since; at an 'off'
+    # value (0, False, '', None) it computes what the saved run computed.
+    added_off = {k for k in set(b) - set(a) if b[k] in (0, False, '', None)}
+    diff = sorted(k for k in set(a) | set(b)
+                  if a.get(k) != b.get(k) and k not in RESUME_MAY_DIFFER | added_off)
+    if not diff:
+      return
+    if has_checkpoint:
       raise ValueError(
           f'{workdir} holds a run with a different config (keys differ: {diff}); '
           'use a new --workdir, or the same config to resume')
-    return
-  path.write_text(json.dumps(current, indent=2))
+    logging.info('%s has no checkpoint: its config.json is replaced (keys changed: %s)',
+                 workdir, diff)
+  tmp = path.with_suffix('.json.tmp')
+  tmp.write_text(json.dumps(current, indent=2))
+  os.replace(tmp, path)
 
 
 class _Logger:
-  """metrics.jsonl (one object per member per evaluation) and TensorBoard."""
+  """metrics.jsonl (one object per member per evaluation) and TensorBoard: one run
+  per member (``tensorboard/member_<i>/``, its hyperparameters in the HParams tab)."""
 
-  def __init__(self, workdir: Path, resume_epoch: int):
+  def __init__(self, workdir: Path, resume_epoch: int, members: list[dict], varied: list[str]):
     self.path = workdir / 'metrics.jsonl'
     if self.path.exists():  # drop records written after the checkpoint we resume from
-      kept = [l for l in self.path.read_text().splitlines()
-              if l.strip() and json.loads(l)['epoch'] <= resume_epoch]
-      self.path.write_text(''.join(l + '\n' for l in kept))
+      lines = self.path.read_text().splitlines(keepends=True)
+      kept = [l for l in lines if l.strip() and json.loads(l)['epoch'] <= resume_epoch]
+      if kept != lines:
+        self.path.write_text(''.join(l if l.endswith('\n') else l + '\n' for l in kept))
     self.file = self.path.open('a')
+    self.tb = []
     try:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(str(workdir / 'tensorboard'), purge_step=None)
+      from tensorboardX.summary import hparams
     except ImportError:  # pragma: no cover
-      self.tb = None
+      return
+    for i, m in enumerate(members):
+      w = SummaryWriter(str(workdir / 'tensorboard' / f'member_{i}'))
+      if resume_epoch == 0:
+        shown = {k: m[k] for k in (varied or list(m))}
+        for summary in hparams(shown, {'hparam/best_selection_metric': 0.0}):
+          w.file_writer.add_summary(summary)
+      self.tb.append(w)
 
   def write(self, records: list[dict]) -> None:
     for r in records:
       self.file.write(json.dumps(r) + '\n')
-      if self.tb is not None:
+      if self.tb:
+        w = self.tb[r['member']]
         for k, v in r.items():
           if '/' in k and isinstance(v, float) and math.isfinite(v):
-            self.tb.add_scalar(f'{k}/member{r["member"]}', v, r['step'])
+            w.add_scalar(k, v, r['step'])
     self.file.flush()
 
   def close(self) -> None:
     self.file.close()
-    if self.tb is not None:
-      self.tb.close()
+    for w in self.tb:
+      w.close()
 
 
 def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  """Trains the config's population in ``workdir``; resumes if a run is there.
+class _StopSignals:
+  """SIGINT (Ctrl-C) and SIGTERM (what SLURM and Kubernetes send before a kill) ask the
+  loop to stop at its next safe point, after the epoch in flight: it saves a
+  checkpoint and raises `errors.Interrupted`. A second Ctrl-C stops at once."""
 
-  Returns the results dict that is also written to ``workdir/results.json``.
-  """
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning('%s received: stopping after the current epoch (checkpoint first)',
+                    signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    for s, old in self._old.items():
+      signal.signal(s, old)
+
+
+class _Progress:
+  """A tqdm bar on a terminal; in a log file (stderr not a terminal) one line per
+  evaluation instead of thousands of carriage returns. The bar starts after the
+  first (compiling) epoch, so its rate and ETA are those of training."""
+
+  def __init__(self, config, start_epoch: int, patience: int, eval_every: int):
+    self.enabled = bool(config.train.progress)
+    self.tty = self.enabled and sys.stderr.isatty()
+    self.name, self.epochs, self.start = config.experiment, int(config.train.epochs), start_epoch
+    self.patience, self.eval_every = patience, eval_every
+    self.bar = None
+    self.t_first = None
+
+  def epoch_done(self, done: int) -> None:
+    if not self.tty:
+      return
+    if self.bar is None:
+      from tqdm.auto import tqdm
+      self.bar = tqdm(total=self.epochs, initial=done, desc=self.name, unit='epoch',
+                      leave=False, dynamic_ncols=True)
+    else:
+      self.bar.update(1)
+
+  def evaluated(self, done: int, metric_name: str, values, flags: dict, s_per_epoch: float):
+    live = flags['active'] & ~flags['diverged']
+    shown = values[live] if live.any() else values
+    text = f'{metric_name} {np.nanmean(shown):.4f}' if np.isfinite(shown).any() else ''
+    horizon = ''
+    if self.patience > 0 and live.any():
+      # the latest epoch at which early stopping ends the run unless a member improves
+      left = self.patience - int(flags['bad_evals'][live].min())
+      last = min(self.epochs, done + left * self.eval_every)
+      if last < self.epochs:
+        horizon = f', stops by epoch {last} unless a member improves'
+    if self.tty and self.bar is not None:
+      self.bar.set_postfix_str(f'{text}, {int(live.sum())}/{len(live)} live{horizon}')
+    elif self.enabled:
+      logging.info('%s epoch %d/%d: %s, %d/%d members training, %.3g s/epoch%s', self.name,
+                   done, self.epochs, text or 'no finite metric', int(live.sum()), len(live),
+                   s_per_epoch, horizon)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run builds before it touches its workdir."""
+  config: ml_collections.ConfigDict
+  task: Task
+  members: list[dict[str, Any]]
+  varied: list[str]
+  dataset: Dataset
+  trainer: Trainer
+  shard: Any
+  n_shards: int
+  hp: dict
+  train_data: dict
+  eval_data: dict
+  select_split: str
+
+  def init_state(self) -> MemberState:
+    state = self.trainer.init(self.hp)
+    if self.shard is not None:  # lax.map's output is not sharded by the member axis: shard it
+      state = jax.device_put(state, self.shard)
+    return state
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  """Builds task, members, data, model and optimizer and checks that they fit
+  together (an abstract init on the data's shapes); writes nothing."""
   task = make_task(config.task)
   members = population.expand(config, task.hparam_keys)
-  _check_config(workdir, config)
   dataset = load_dataset(config.data)
   trainer = Trainer(config, dataset, members, task)
   K = len(members)
   shard, replicated = member_sharding(K)
   n_shards = 1 if shard is None else shard.mesh.devices.size
-  if n_shards > 1:
-    logging.info('Sharding %d members over %d devices', K, n_shards)
   put = (lambda x: jax.device_put(x, shard)) if shard else jnp.asarray
   put_shared = (lambda x: jax.device_put(x, replicated)) if replicated else jnp.asarray
-
   hp = jax.tree.map(put, population.stack(members))
-  train_data = jax.tree.map(put_shared, dataset.train)
+  jax.eval_shape(trainer.init, hp)  # model and data shapes agree, before anything is written
   eval_bs = int(config.train.eval_batch_size)
   splits = {'val': dataset.val, 'test': dataset.test}
   eval_data = {name: jax.tree.map(put_shared, batch_split(s, eval_bs))
                for name, s in splits.items() if s is not None}
-
-  state = trainer.init(hp)
-  if shard is not None:  # lax.map's output is not sharded by the member axis: shard it
-    state = jax.device_put(state, shard)
-  checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', config.train.checkpoint_keep)
-  start_epoch = 0
-  meta = {}
-  restored = checkpointer.restore_latest(state)
-  if restored is not None:
-    start_epoch, state, meta = restored
-    logging.info('Resumed %s at epoch %d', workdir, start_epoch)
-  logger = _Logger(workdir, start_epoch)
-
-  epochs = int(config.train.epochs)
-  eval_every = max(1, int(config.train.eval_every))
   select_split = 'val' if 'val' in eval_data else 'train'
   if select_split == 'train':
     logging.warning('No validation split: model selection uses the training split')
     eval_data['train'] = jax.tree.map(put_shared, batch_split(dataset.train, eval_bs))
-  varied = population.varied_keys(members)
-  reported = set(np.flatnonzero(np.asarray(state.diverged)).tolist())
+  return Setup(config, task, members, population.varied_keys(members), dataset, trainer,
+               shard, n_shards, hp, jax.tree.map(put_shared, dataset.train), eval_data,
+               select_split)
 
-  progress = None
-  if config.train.progress:
-    from tqdm.auto import tqdm
-    progress = tqdm(total=epochs, initial=start_epoch, desc=config.experiment,
-                    unit='epoch', leave=False, dynamic_ncols=True)
-  # Wall time and compile time add up over resumed pieces (kept in the checkpoint's meta).
+
+def _finished(state: MemberState, epoch: int, epochs: int) -> bool:
+  flags = _host({'active': state.active, 'diverged': state.diverged})
+  return epoch >= epochs or not (flags['active'] & ~flags['diverged']).any()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains the config's population in ``workdir``; resumes if a run is there.
+
+  Everything is validated before the workdir is written. A finished run (all
+  epochs done or every member stopped) returns its results without training.
+  SIGINT / SIGTERM stop after the epoch in flight with a checkpoint
+  (`errors.Interrupted`); a run with no progress for ``train.watchdog_s`` dumps
+  its stacks and exits 75 (`research.watchdog`). Returns the results dict that is
+  also written to ``workdir/results.json``.
+  """
+  from research import watchdog
+  t_call = time.time()
+  workdir = Path(workdir)
+  run = setup(config)
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', config.train.checkpoint_keep)
+  try:
+    _check_config(workdir, config, has_checkpoint=bool(checkpointer.steps()))
+    timeout = float(config.train.get('watchdog_s', 0) or 0)
+    with watchdog.Watchdog(workdir, timeout) as dog, _StopSignals() as stop:
+      state = run.init_state()
+      restored = checkpointer.restore_latest(state)
+      start_epoch, meta = 0, {}
+      if restored is not None:
+        start_epoch, state, meta = restored
+        logging.info('Resumed %s at epoch %d', workdir, start_epoch)
+      dog.beat(epoch=start_epoch)
+      if _finished(state, start_epoch, int(config.train.epochs)):
+        _raise_if_all_diverged(state, run.members)
+        if (workdir / 'results.json').exists():
+          logging.info('%s holds a finished run: its results are returned, nothing trained',
+                       workdir)
+          return results.read(workdir / 'results.json')
+      else:
+        state, meta = _train_loop(run, state, start_epoch, meta, workdir, checkpointer,
+                                  dog, stop)
+      return _final_results(run, state, meta, workdir, t_call)
+  finally:
+    checkpointer.close()
+
+
+def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, workdir: Path,
+                checkpointer, dog, stop) -> tuple[MemberState, dict]:
+  """Trains from ``start_epoch`` until the last epoch or until every member stopped;
+  evaluates, logs and checkpoints every ``train.eval_every`` epochs."""
+  config, trainer, members = run.config, run.trainer, run.members
+  epochs = int(config.train.epochs)
+  eval_every = max(1, int(config.train.eval_every))
+  select = run.select_split
+  logger = _Logger(workdir, start_epoch, members, run.varied)
+  progress = _Progress(config, start_epoch, trainer.patience, eval_every)
+  # Wall time and first-epoch time add up over resumed pieces (kept in the checkpoint's meta).
   t_start = time.time() - float(meta.get('train_time_s', 0.0))
-  compile_s = meta.get('compile_time_s')
-  epoch_metrics = []
+  first_epoch_s = meta.get('first_epoch_s', meta.get('compile_time_s'))
+  reported = set(np.flatnonzero(np.asarray(state.diverged)).tolist())
+  epoch_metrics, window_t, window_steps = [], time.time(), 0
+  done = start_epoch
   try:
     for epoch in range(start_epoch, epochs):
       t0 = time.time()
-      state, metrics = trainer.train_epoch(state, hp, train_data)
-      epoch_metrics.append(metrics)
-      if epoch == start_epoch and compile_s is None:
-        jax.block_until_ready(state.step)
-        compile_s = time.time() - t0
-      if progress is not None:
-        progress.update(1)
+      state, metrics = trainer.train_epoch(state, run.hp, run.train_data)
+      jax.block_until_ready(state.step)
       done = epoch + 1
+      if epoch == start_epoch and first_epoch_s is None:
+        first_epoch_s = time.time() - t0  # compilation included
+      dog.beat(epoch=done)
+      progress.epoch_done(done)
+      epoch_metrics.append(metrics)
+      window_steps += trainer.steps_per_epoch
       if done % eval_every and done != epochs:
+        if stop.signum is not None:
+          _save(checkpointer, done, state, t_start, first_epoch_s)
+          _interrupted(stop.signum, done, workdir)
         continue
-      evals = {name: trainer.evaluate(state.params, state.model_state, hp, d)
-               for name, d in eval_data.items() if name != 'test'}
-      state = trainer.update_best(state, evals[select_split][task.select_metric],
+      evals = {name: trainer.evaluate(state.params, state.model_state, run.hp, d)
+               for name, d in run.eval_data.items() if name != 'test'}
+      state = trainer.update_best(state, evals[select][run.task.select_metric],
                                   jnp.int32(done))
       train_m = _host(jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *epoch_metrics))
-      epoch_metrics = []
-      evals, flags = _host(evals), _host(
-          {'step': state.step, 'diverged': state.diverged, 'active': state.active,
-           'diverged_step': state.diverged_step, 'last': state.last_finite_loss})
-      records = []
-      for i, m in enumerate(members):
-        ok = train_m['ok'][i].astype(bool)
-        rec = {'epoch': done, 'step': int(flags['step'][i]), 'member': i,
-               'hparams': {k: m[k] for k in varied} if varied else {},
-               'diverged': bool(flags['diverged'][i]), 'active': bool(flags['active'][i])}
-        for k, v in train_m.items():
-          if k != 'ok':
-            rec[f'train/{k}'] = float(v[i][ok].mean()) if ok.any() else float('nan')
-        for split, vals in evals.items():
-          # Without a validation split the train split is also evaluated (eval mode,
-          # for selection): 'train_eval/' keeps it apart from the training-step means.
-          name = 'train_eval' if split == 'train' else split
-          for k, v in vals.items():
-            rec[f'{name}/{k}'] = float(v[i])
-        records.append(rec)
-      logger.write(records)
-      if progress is not None:
-        sel = evals[select_split][task.select_metric]
-        progress.set_postfix({f'{select_split}/{task.select_metric}': f'{np.nanmean(sel):.4f}'})
-      checkpointer.save(done, state, {'epoch': done, 'train_time_s': time.time() - t_start,
-                                      'compile_time_s': compile_s})
-
-      for i in np.flatnonzero(flags['diverged']):
-        if i not in reported:
-          reported.add(int(i))
-          logging.warning(
-              'Member %d (%s) diverged at step %d (non-finite loss or parameters); last '
-              'finite loss %s. It is frozen; the others train on.', i,
-              _describe(members[i]), flags['diverged_step'][i], _fmt(flags['last'][i]))
-      if flags['diverged'].all():
-        raise DivergenceError(
-            'Training diverged: ' + '; '.join(
-                f'member {i} ({_describe(members[i])}) at step {flags["diverged_step"][i]}, '
-                f'last finite loss {_fmt(flags["last"][i])}' for i in range(K)) +
-            '. Lower optim.lr or set optim.clip_norm.')
-      if not (flags['active'] & ~flags['diverged']).any():
+      evals = _host(evals)
+      flags = _host({'step': state.step, 'diverged': state.diverged, 'active': state.active,
+                     'diverged_step': state.diverged_step, 'last': state.last_finite_loss,
+                     'bad_evals': state.bad_evals})
+      now = time.time()
+      live = int((flags['active'] & ~flags['diverged']).sum())
+      perf = {'time_s': round(now - t_start, 3),
+              'perf/examples_per_s': window_steps * trainer.batch_size * len(members) /
+                                     max(now - window_t, 1e-9)}
+      logger.write(_eval_records(done, members, run.varied, train_m, evals, flags, perf))
+      progress.evaluated(done, f'{select}/{run.task.select_metric}',
+                         evals[select][run.task.select_metric], flags,
+                         (now - window_t) / len(epoch_metrics))
+      epoch_metrics, window_t, window_steps = [], now, 0
+      meta = _save(checkpointer, done, state, t_start, first_epoch_s)
+      dog.beat(epoch=done, step=int(flags['step'].max()))
+      _report_divergence(flags, members, reported)
+      if stop.signum is not None:
+        _interrupted(stop.signum, done, workdir)
+      if not live:
         logging.info('Early stopping: no member improved for %d evaluations', trainer.patience)
         break
   finally:
-    if progress is not None:
-      progress.close()
+    progress.close()
     logger.close()
-    checkpointer.close()
-  train_time = time.time() - t_start
+  return state, meta
 
-  # Test evaluation with each member's best (validation-selected) parameters.
-  final = {name: _host(trainer.evaluate(state.best_params, state.best_model_state, hp, d))
-           for name, d in eval_data.items()}
+
+def _save(checkpointer, done: int, state, t_start: float, first_epoch_s) -> dict:
+  meta = {'epoch': done, 'train_time_s': time.time() - t_start, 'first_epoch_s': first_epoch_s}
+  checkpointer.save(done, state, meta)
+  return meta
+
+
+def _interrupted(signum: int, done: int, workdir: Path):
+  name = signal.Signals(signum).name
+  code = errors.EXIT_SIGINT if signum == signal.SIGINT else errors.EXIT_SIGTERM
+  raise errors.Interrupted(
+      f'stopped by {name} after epoch {done}; checkpoint saved in {workdir / "checkpoints"}; '
+      'run the same command again to resume', code)
+
+
+def _eval_records(done: int, members, varied, train_m: dict, evals: dict, flags: dict,
+                  perf: dict) -> list[dict]:
+  """One metrics.jsonl record per member: training-step means over the evaluation
+  window (finite steps only), evaluation metrics, flags, time and throughput."""
+  records = []
+  for i, m in enumerate(members):
+    ok = train_m['ok'][i].astype(bool)
+    rec = {'epoch': done, 'step': int(flags['step'][i]), 'member': i,
+           'hparams': {k: m[k] for k in varied} if varied else {},
+           'diverged': bool(flags['diverged'][i]), 'active': bool(flags['active'][i]), **perf}
+    for k, v in train_m.items():
+      if k != 'ok':
+        rec[f'train/{k}'] = float(v[i][ok].mean()) if ok.any() else None
+    for split, vals in evals.items():
+      # Without a validation split the train split is also evaluated (eval mode,
+      # for selection): 'train_eval/' keeps it apart from the training-step means.
+      name = 'train_eval' if split == 'train' else split
+      for k, v in vals.items():
+        rec[f'{name}/{k}'] = float(v[i])
+    records.append(rec)
+  return records
+
+
+def _report_divergence(flags: dict, members, reported: set) -> None:
+  """Warns once per newly diverged member; raises DivergenceError when all have."""
+  for i in np.flatnonzero(flags['diverged']):
+    if i not in reported:
+      reported.add(int(i))
+      logging.warning(
+          'Member %d (%s) diverged at step %d (non-finite loss or parameters); last '
+          'finite loss %s. It is frozen; the others train on.', i,
+          _describe(members[i]), flags['diverged_step'][i], _fmt(flags['last'][i]))
+  if flags['diverged'].all():
+    raise _divergence_error(flags, members)
+
+
+def _divergence_error(flags: dict, members) -> DivergenceError:
+  return DivergenceError(
+      'Training diverged: ' + '; '.join(
+          f'member {i} ({_describe(members[i])}) at step {flags["diverged_step"][i]}, '
+          f'last finite loss {_fmt(flags["last"][i])}' for i in range(len(members))) +
+      '. Lower optim.lr or set optim.clip_norm.')
+
+
+def _raise_if_all_diverged(state: MemberState, members) -> None:
+  flags = _host({'diverged': state.diverged, 'diverged_step': state.diverged_step,
+                 'last': state.last_finite_loss})
+  if flags['diverged'].all():
+    raise _divergence_error(flags, members)
+
+
+def _final_results(run: Setup, state: MemberState, meta: dict, workdir: Path,
+                   t_call: float) -> dict:
+  """Evaluates every split with each member's best (validation-selected) parameters
+  and writes results.json."""
+  final = {name: _host(run.trainer.evaluate(state.best_params, state.best_model_state, run.hp, d))
+           for name, d in run.eval_data.items()}
   flags = _host({'diverged': state.diverged, 'best_epoch': state.best_epoch,
                  'step': state.step, 'diverged_step': state.diverged_step})
   member_results = []
-  for i, m in enumerate(members):
+  for i, m in enumerate(run.members):
     member_results.append({
         'member': i, 'hparams': m, 'best_epoch': int(flags['best_epoch'][i]),
         'steps': int(flags['step'][i]), 'diverged': bool(flags['diverged'][i]),
         'diverged_step': int(flags['diverged_step'][i]) if flags['diverged'][i] else None,
         **{f'{s}/{k}': float(v[i]) for s, vals in final.items() for k, v in vals.items()}})
-
-  rows = []
-  groups: dict[str, list[int]] = {}
-  for i, m in enumerate(members):
-    groups.setdefault(population.group_name(m, varied), []).append(i)
-  for gname, idx in groups.items():
-    name = config.experiment + (f'[{gname}]' if gname else '')
-    ok = [i for i in idx if not member_results[i]['diverged']]
-    # The selection metric, the task's headline metrics, and the loss (each once).
-    keys = ['test/' + task.select_metric] + [f'test/{k}' for k in ('accuracy', 'mse')
-                                             if f'test/{k}' in member_results[0]]
-    # (a regression's loss is its MSE: not listed twice)
-    for key in dict.fromkeys(keys + ([] if task.kind == 'regress' else ['test/loss'])):
-      rows.append(results.row(name, key.replace('/', '_'), [member_results[i][key] for i in ok]))
+  rows = results.group_rows(run.config.experiment, run.task, run.members, run.varied,
+                            member_results)
+  K = len(run.members)
   n_params = sum(x.size for x in jax.tree.leaves(state.params)) // K
-  out = results.write(
-      workdir / 'results.json', config.experiment, rows,
+  return results.write(
+      workdir / 'results.json', run.config.experiment, rows,
       members=member_results, num_members=K, num_params=int(n_params),
-      train_time_s=train_time, compile_time_s=compile_s,
-      devices=[str(d) for d in jax.devices()], member_sharding=n_shards,
-      steps_per_epoch=trainer.steps_per_epoch)
-  return out
+      select_metric=f'{run.select_split}/{run.task.select_metric}',
+      train_time_s=float(meta.get('train_time_s', 0.0)),
+      first_epoch_s=meta.get('first_epoch_s'),
+      devices=[str(d) for d in jax.devices()], member_sharding=run.n_shards,
+      steps_per_epoch=run.trainer.steps_per_epoch,
+      provenance=provenance.collect(start=t_call))
 
 
 def load_trained(config: ml_collections.ConfigDict, workdir: str | Path):
@@ -482,11 +680,8 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str | Path):
   ``best_model_state`` hold every member's validation-selected parameters
   (leading member axis). Use `member_variables` for one member's variables.
   """
-  task = make_task(config.task)
-  members = population.expand(config, task.hparam_keys)
-  dataset = load_dataset(config.data)
-  trainer = Trainer(config, dataset, members, task)
-  state = trainer.init(jax.tree.map(jnp.asarray, population.stack(members)))
+  run = setup(config)
+  state = run.init_state()
   checkpointer = ckpt_lib.Checkpointer(Path(workdir) / 'checkpoints', config.train.checkpoint_keep)
   try:
     restored = checkpointer.restore_latest(state)
@@ -494,7 +689,7 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str | Path):
     checkpointer.close()
   if restored is None:
     raise FileNotFoundError(f'No checkpoint in {Path(workdir) / "checkpoints"}; train the run first')
-  return trainer, dataset, members, restored[1]
+  return run.trainer, run.dataset, run.members, restored[1]
 
 
 def member_variables(state: MemberState, i: int) -> dict:

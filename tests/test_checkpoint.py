@@ -38,7 +38,13 @@ def test_corrupt_newest_falls_back_to_older(tmp_path, caplog):
   ck.close()
   assert step == 1 and int(state['step']) == 1
   assert 'unreadable' in caplog.text
-  assert (tmp_path / '2').exists()  # nothing is deleted
+  # moved aside, not deleted, so step 2 can be written again
+  assert (tmp_path / '2.corrupt').is_dir() and not (tmp_path / '2').exists()
+  ck = Checkpointer(tmp_path, keep=3)
+  ck.save(2, _state(5.0), {'epoch': 2})
+  step, state, _ = ck.restore_latest(_state(0.0))
+  ck.close()
+  assert step == 2 and int(state['step']) == 5
 
 
 def test_all_corrupt_is_a_clear_error(tmp_path):
@@ -47,9 +53,10 @@ def test_all_corrupt_is_a_clear_error(tmp_path):
   ck.close()
   _corrupt(tmp_path / '1')
   ck = Checkpointer(tmp_path)
-  with pytest.raises(CheckpointError, match='No readable checkpoint'):
+  with pytest.raises(CheckpointError, match='no readable checkpoint'):
     ck.restore_latest(_state(0.0))
   ck.close()
+  assert (tmp_path / '1').is_dir() and not list(tmp_path.glob('*.corrupt'))  # nothing moved
 
 
 def test_no_checkpoint_returns_none(tmp_path):

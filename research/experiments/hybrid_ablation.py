@@ -72,7 +72,7 @@ def run(workdir: str | Path, budget: str = 'full', datasets=None) -> dict:
         steps = max(1, out['steps_per_epoch'] * int(config.train.epochs))
         extra[name] = {'role': role, 'num_params': out['num_params'],
                        'train_time_s': out['train_time_s'],
-                       'ms_per_step': 1000 * (out['train_time_s'] - (out['compile_time_s'] or 0))
+                       'ms_per_step': 1000 * (out['train_time_s'] - (out['first_epoch_s'] or 0))
                        / max(1, steps - out['steps_per_epoch']),
                        'members': out['num_members']}
     full, low = b['fractions']

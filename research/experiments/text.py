@@ -50,7 +50,7 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
       rows.append(results.row('unigram (train frequencies)', 'test_bits_per_char', [unigram]))
     rows.append(results.row(label, 'test_bits_per_char', bits))
     extra[label] = {'num_params': out['num_params'], 'train_time_s': out['train_time_s'],
-                    'compile_time_s': out['compile_time_s']}
+                    'first_epoch_s': out['first_epoch_s']}
     vocab = ds.info['vocab']
     prime = jnp.asarray(text_data.encode(PRIME, vocab))
     for temp in TEMPERATURES:
