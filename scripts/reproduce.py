@@ -57,7 +57,13 @@ def main(argv):
   supervise.supervise()  # the supervisor runs the rest in a child and exits with its code
   cli.setup_logging()
   common.claim_workdir(workdir, name, budget)
-  run(workdir, budget=budget, **kwargs)
+  try:
+    run(workdir, budget=budget, **kwargs)
+  except ValueError as e:
+    if 'holds a run with a different config' not in str(e):
+      raise
+    other = 'full' if budget == 'smoke' else 'smoke'
+    raise UserError(f'{e} (was this study run with --budget={other}?)') from None
 
 
 if __name__ == '__main__':

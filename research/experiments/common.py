@@ -52,7 +52,7 @@ def workdir_holds(workdir: str | Path) -> dict | None:
   if not workdir.exists():
     return None
   if not workdir.is_dir():
-    return {'other': 'a file, not a directory'}
+    raise UserError(f'--workdir={workdir} is a file, not a directory')
   study = workdir / STUDY_FILE
   if study.exists():
     try:
@@ -81,7 +81,9 @@ def workdir_holds(workdir: str | Path) -> dict | None:
 def claim_workdir(workdir: str | Path, experiment: str, budget: str, write: bool = True) -> None:
   """Refuses a workdir that holds another study, the same study at another budget or a
   run that is no study (`research.errors.UserError`, nothing touched); else, with
-  ``write``, records ``study.json`` there so that later runs can tell."""
+  ``write``, records ``study.json`` there so that later runs can tell (in a new or
+  empty workdir, or one whose results.json names this study; not in a workdir with
+  an older study's unfinished runs, whose budget it cannot know)."""
   workdir = Path(workdir)
   found = workdir_holds(workdir)
   if found is not None and 'other' in found:
@@ -98,6 +100,8 @@ def claim_workdir(workdir: str | Path, experiment: str, budget: str, write: bool
         f'--budget={found["budget"]} to resume it, or use a new --workdir for --budget={budget}')
   if not write or (found is not None and found['source'] == STUDY_FILE):
     return
+  if found is None and workdir.exists() and any(workdir.iterdir()):
+    return  # an older study's runs without a record: their budget is unknown, claim nothing
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = workdir / f'{STUDY_FILE}.tmp'
   tmp.write_text(json.dumps({'experiment': experiment, 'budget': budget}, indent=2) + '\n')
