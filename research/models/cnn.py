@@ -2,8 +2,8 @@
 
 1-D (NWC) for series: `Conv1D`, `ConvFeatures1D`, `ConvNet1D`, `FCN`.
 2-D (NHWC) for frames: `ConvFeatures2D` (one frame -> a feature vector) and
-`FrameFeatures`, which applies it to every frame of a clip with ``nn.vmap``
-over time (Keras's "TimeDistributed").
+`FrameFeatures`, which applies it to every frame of a clip, the B * T frames
+as one batch (Keras's "TimeDistributed").
 """
 from __future__ import annotations
 
@@ -82,12 +82,28 @@ class Conv1D(nn.Module):
 NORMS = ('none', 'batch', 'layer')
 
 
+def step_mask(lengths, time: int) -> jnp.ndarray:
+  """(B, T) bool: True at the valid steps of a right-padded batch."""
+  return jnp.arange(time)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+def zero_padding(x: jnp.ndarray, lengths) -> jnp.ndarray:
+  """``x`` (B, T, ...) with every step at or beyond ``lengths`` set to zero
+  (``where``, so even inf / NaN in the padding does not survive); ``x`` itself
+  when ``lengths`` is None. Models call it on their input so that what the
+  padding holds never matters: our loaders zero-fill it, but nothing relies on that."""
+  if lengths is None:
+    return x
+  mask = step_mask(lengths, x.shape[1]).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+  return jnp.where(mask, x, jnp.zeros((), x.dtype))
+
+
 def masked_mean(h: jnp.ndarray, lengths) -> jnp.ndarray:
   """Mean over the valid steps of (B, T, C) -> (B, C) (global average pooling)."""
   if lengths is None:
     return h.mean(1)
-  mask = (jnp.arange(h.shape[1])[None, :] < lengths[:, None])[..., None]
-  return jnp.sum(h * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1)
+  mask = step_mask(lengths, h.shape[1])[..., None]
+  return jnp.sum(jnp.where(mask, h, 0), 1) / jnp.maximum(jnp.sum(mask, 1), 1)
 
 
 class ConvFeatures1D(nn.Module):
@@ -96,11 +112,13 @@ class ConvFeatures1D(nn.Module):
   ``padding``: symmetric zeros per layer (an int, as PyTorch's ``Conv1d``) or
   'same'. ``norm``: 'none', 'batch' (statistics over valid steps only) or
   'layer' (over channels, per step). ``pool``: max-pool size and stride after
-  every block (0 = none). With ``lengths`` (right-padded batches) the output of
-  every block is zeroed beyond its valid length and the new lengths are
-  returned, so a padded batch gives each series the values of its unpadded
-  run (exactly, in eval mode; batch norm in training mode also pools its
-  statistics over valid steps only).
+  every block (0 = none). With ``lengths`` (right-padded batches) the input
+  and the output of every block are zeroed beyond their valid lengths and the
+  new lengths are returned, so a padded batch gives each series the values of
+  its unpadded run whatever its padding holds (exactly, in eval mode; batch
+  norm in training mode also pools its statistics over valid steps only). The
+  input has to be masked too: the last valid windows of the first convolution
+  reach into the padding, where the unpadded run reads its zero padding.
 
   Returns (h (B, T', C_last), lengths' or None).
   """
@@ -116,14 +134,14 @@ class ConvFeatures1D(nn.Module):
   def __call__(self, x, train: bool = False, lengths=None):
     if self.norm not in NORMS:
       raise ValueError(f'norm must be one of {NORMS}, got {self.norm!r}')
-    h = as_channels_last(x)
+    h = zero_padding(as_channels_last(x), lengths)
     for c, k, s in zip(self.channels, self.kernels, self.strides, strict=True):
       conv = Conv1D(c, k, s, self.padding, use_bias=self.norm == 'none')
       h = conv(h)
       mask = None
       if lengths is not None:
         lengths = conv.out_length(lengths)
-        mask = (jnp.arange(h.shape[1])[None, :] < lengths[:, None])[..., None]
+        mask = step_mask(lengths, h.shape[1])[..., None]
       if self.norm == 'batch':
         h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(
             h, mask=None if mask is None else jnp.broadcast_to(mask, h.shape))
@@ -134,9 +152,9 @@ class ConvFeatures1D(nn.Module):
         h = nn.max_pool(h, (self.pool,), strides=(self.pool,))
         if lengths is not None:
           lengths = lengths // self.pool
-          mask = (jnp.arange(h.shape[1])[None, :] < lengths[:, None])[..., None]
+          mask = step_mask(lengths, h.shape[1])[..., None]
       if mask is not None:
-        h = h * mask
+        h = jnp.where(mask, h, jnp.zeros((), h.dtype))
       if self.dropout:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return h, lengths
@@ -227,8 +245,9 @@ class ConvFeatures2D(nn.Module):
   """One frame (B, H, W[, C]) -> features (B, F): blocks of 'same' k x k conv ->
   norm -> ReLU -> 2-D max pool (``pool`` x ``pool``; 0 = none) -> dropout, then
   global average pooling (``readout='mean'``) or flattening (``'flatten'``).
-  ``axis_name``: the vmapped axis (time, in `FrameFeatures`) over which batch
-  norm also pools its statistics."""
+  ``axis_name``: a vmapped axis over which batch norm also pools its
+  statistics. ``mask`` (B,) bool: the frames batch norm computes its training
+  statistics from (`FrameFeatures` leaves out padded frames); None = all."""
   channels: Sequence[int] = (16, 32)
   kernel: int = 3
   norm: str = 'batch'
@@ -239,17 +258,22 @@ class ConvFeatures2D(nn.Module):
   train: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
     if self.norm not in NORMS:
       raise ValueError(f'norm must be one of {NORMS}, got {self.norm!r}')
     if self.readout not in ('mean', 'flatten'):
       raise ValueError(f"readout must be 'mean' or 'flatten', got {self.readout!r}")
+    if mask is not None and self.axis_name is not None:
+      # Flax averages per-member masked means over a named axis (unweighted).
+      raise ValueError('ConvFeatures2D: mask and axis_name together are not supported')
     h = x[..., None] if x.ndim == 3 else x
     for c in self.channels:
       h = Conv2D(c, self.kernel, use_bias=self.norm == 'none')(h)
       if self.norm == 'batch':
+        bn_mask = None if mask is None else jnp.broadcast_to(
+            jnp.asarray(mask, bool).reshape((-1, 1, 1, 1)), h.shape)
         h = nn.BatchNorm(use_running_average=not self.train, momentum=0.9,
-                         axis_name=self.axis_name if self.train else None)(h)
+                         axis_name=self.axis_name if self.train else None)(h, mask=bn_mask)
       elif self.norm == 'layer':
         h = nn.LayerNorm()(h)
       h = nn.relu(h)
@@ -262,10 +286,17 @@ class ConvFeatures2D(nn.Module):
 
 class FrameFeatures(nn.Module):
   """`ConvFeatures2D` applied to every frame of clips (B, T, H, W[, C]) ->
-  (B, T, F) with one set of weights: ``nn.vmap`` over the time axis, parameters
-  and batch statistics shared (broadcast), dropout drawn independently per
-  frame. In training mode batch norm pools its statistics over batch *and*
-  time (``axis_name='time'``), i.e. over all B * T frames."""
+  (B, T, F) with one set of weights (Keras's "TimeDistributed"): the B * T
+  frames go through the 2-D CNN as one batch, so dropout is drawn
+  independently per frame and in training mode batch norm pools its
+  statistics over batch *and* time, i.e. over all B * T frames. With
+  ``lengths`` (clips right-padded in time) padded frames are left out of those
+  statistics and their features are zero, so they never reach a valid frame.
+
+  (Written as a reshape rather than ``nn.vmap`` over time with
+  ``axis_name='time'``: with a mask, Flax's batch norm would average the
+  per-time-step masked means unweighted, NaN for a step that is padding in
+  every clip. Same parameters and ``'frame'`` scope as the vmap form.)"""
   channels: Sequence[int] = (16, 32)
   kernel: int = 3
   norm: str = 'batch'
@@ -274,11 +305,13 @@ class FrameFeatures(nn.Module):
   readout: str = 'mean'
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, lengths=None):
     if x.ndim not in (4, 5):
       raise ValueError(f'FrameFeatures: expected clips (B, T, H, W[, C]), got shape {x.shape}')
-    per_frame = nn.vmap(ConvFeatures2D, in_axes=1, out_axes=1,
-                        variable_axes={'params': None, 'batch_stats': None},
-                        split_rngs={'params': False, 'dropout': True}, axis_name='time')
-    return per_frame(self.channels, self.kernel, self.norm, self.pool, self.dropout,
-                     self.readout, axis_name='time', train=train, name='frame')(x)
+    B, T = x.shape[:2]
+    mask = None if lengths is None else step_mask(lengths, T).reshape(B * T)
+    x = zero_padding(x, lengths)
+    h = ConvFeatures2D(self.channels, self.kernel, self.norm, self.pool, self.dropout,
+                       self.readout, train=train, name='frame')(
+                           x.reshape((B * T,) + x.shape[2:]), mask)
+    return zero_padding(h.reshape(B, T, -1), lengths)

@@ -14,11 +14,15 @@
   (one step for a univariate series), so it is not recurrent over time at
   all; ``lstm_input='temporal'`` is a true temporal branch over the T steps
   (masked by ``lengths``). The paper's branch is 8 cells with dropout 0.8.
+  Padded steps are zeroed on input, so with 'shuffle' (whose features are the
+  T steps) garbage padding reads as zero padding.
 * `LRCN`: a 2-D CNN applied to every frame (`research.models.cnn.FrameFeatures`,
-  ``nn.vmap`` over time), then a recurrent layer over the frame features
+  the B * T frames as one batch), then a recurrent layer over the frame features
   (Donahue et al. 2015, "Long-term Recurrent Convolutional Networks for Visual
   Recognition and Description"). ``cell='none'`` averages the frame features
-  over time instead: the CNN-only ablation, blind to frame order.
+  over time instead: the CNN-only ablation, blind to frame order. Clips
+  right-padded in time are masked by ``lengths``: padded frames are left out
+  of batch-norm statistics, the recurrent carry and the averages.
 * `ConvLSTM`: LSTM whose states are feature maps and whose matrix products are
   convolutions (Shi et al. 2015, "Convolutional LSTM Network: A Machine
   Learning Approach for Precipitation Nowcasting", eq. 3), with the paper's
@@ -35,7 +39,7 @@ import jax
 from jax import lax
 
 from research.models.cnn import (ConvFeatures1D, FrameFeatures, as_channels_last, conv2d_same,
-                                 masked_mean)
+                                 masked_mean, zero_padding)
 from research.models.recurrent import Recurrent, readout
 
 
@@ -84,7 +88,7 @@ class LSTMFCN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):
-    x = as_channels_last(x)
+    x = zero_padding(as_channels_last(x), lengths)  # both branches: padding holds zeros
     conv, conv_lengths = ConvFeatures1D(self.channels, self.kernels, (1,) * len(self.channels),
                                         padding='same', norm=self.norm)(x, train, lengths)
     conv = masked_mean(conv, conv_lengths)
@@ -123,7 +127,7 @@ class LRCN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):
     h = FrameFeatures(self.channels, self.kernel, self.norm, self.pool, self.conv_dropout,
-                      self.frame_readout)(x, train)
+                      self.frame_readout)(x, train, lengths)
     if self.cell == 'none':
       h = masked_mean(h, lengths)
     else:
