@@ -72,6 +72,18 @@ from research.models.cells import FastSpec
 HOIST_DEFAULT = {'cpu': False, 'gpu': True, 'tpu': True}
 
 
+def default_hoist(backend: str | None = None) -> bool:
+  """Whether `fast_scan(hoist=None)` hoists the input projection on ``backend``
+  (None: JAX's default backend): `HOIST_DEFAULT`, True for backends it does not list."""
+  return HOIST_DEFAULT.get(backend or jax.default_backend(), True)
+
+
+def step_kind(spec: FastSpec, manual: bool = True) -> str:
+  """The elementwise step `fast_scan(spec, ..., manual=manual)` runs: 'lstm' or 'gru'
+  (hand-written, for ``spec.manual``) or 'generic' (`jax.vjp` of ``spec.pointwise``)."""
+  return spec.manual if manual and spec.manual else 'generic'
+
+
 def _tn(a, b):
   """a^T b with every leading axis of a and b flattened into the contraction."""
   a = a.reshape(-1, a.shape[-1])
@@ -203,7 +215,7 @@ def _gru(spec: FastSpec, G: int) -> _Step:
                pp_grad=lambda dpre: _colsum(dpre[2]), output=lambda h: h)
 
 
-_STEPS = {'lstm': _lstm, 'gru': _gru}
+_STEPS = {'lstm': _lstm, 'gru': _gru, 'generic': _generic}
 
 
 def fast_scan(spec: FastSpec, x: jnp.ndarray, carry0, mask: jnp.ndarray, truncation: int = 0,
@@ -211,19 +223,20 @@ def fast_scan(spec: FastSpec, x: jnp.ndarray, carry0, mask: jnp.ndarray, truncat
   """Runs a cell over x (B, T, D) with right-padding ``mask`` (B, T).
 
   ``hoist``: compute the input projection of all steps as one matmul before the
-  scan (True) or ``x_t @ W`` inside it (False). None: `HOIST_DEFAULT` for the
-  backend. ``unroll`` applies to the forward scan (the backward one runs one
-  step per iteration, see `_backward_scan`). ``manual``: use the hand-written
-  step for ``spec.manual`` (False: the generic one; for tests).
+  scan (True) or ``x_t @ W`` inside it (False). None: `default_hoist()`, i.e.
+  `HOIST_DEFAULT` for the backend (hoisted on GPU/TPU, not on CPU). ``unroll``
+  applies to the forward scan (the backward one runs one step per iteration, see
+  `_backward_scan`). ``manual``: use the hand-written step for ``spec.manual``
+  (False: the generic one; for tests); `step_kind` says which step runs.
 
   Returns (outputs (B, T, H), zero at padded steps; final carry)."""
   rec_in = spec.rec_in
   K = spec.R.shape[1]
   pre = jax.ShapeDtypeStruct((x.shape[0], K), x.dtype)
   G = K // jax.eval_shape(spec.pointwise, spec.pp, pre, pre, carry0)[1].shape[-1]  # gate blocks
-  step = (_STEPS[spec.manual] if manual and spec.manual else _generic)(spec, G)
+  step = _STEPS[step_kind(spec, manual)](spec, G)
   if hoist is None:
-    hoist = HOIST_DEFAULT.get(jax.default_backend(), True)
+    hoist = default_hoist()
 
   def forward(W, b, R, pp, x_tm, carry0, mask_tm):
     T, B = x_tm.shape[:2]
@@ -245,7 +258,8 @@ def fast_scan(spec: FastSpec, x: jnp.ndarray, carry0, mask: jnp.ndarray, truncat
       ys = jnp.where(mask_tm[..., None], step.output(nxt), 0.0)
     return (ys, final), (W, R, pp, x_tm, saved, carries, mask_tm)
 
-  def backward(res, g):
+  # The name shows in the traced program (custom_vjp_call's bwd): tests look for it.
+  def fast_scan_backward(res, g):
     W, R, pp, x_tm, saved, carries, mask_tm = res
     dys, dfinal = g
     # R^T in row blocks, one per block of d hr (materialised once: XLA:CPU's
@@ -281,7 +295,7 @@ def fast_scan(spec: FastSpec, x: jnp.ndarray, carry0, mask: jnp.ndarray, truncat
     return dW, db, dR, dpp, dx, dcarry0, None
 
   op = jax.custom_vjp(lambda *args: forward(*args)[0])
-  op.defvjp(forward, backward)
+  op.defvjp(forward, fast_scan_backward)
   ys, final = op(spec.W, spec.b, spec.R, spec.pp, jnp.swapaxes(x, 0, 1), carry0,
                  jnp.swapaxes(mask, 0, 1))
   return jnp.swapaxes(ys, 0, 1), final

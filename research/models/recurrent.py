@@ -26,11 +26,15 @@ the whole sequence (`research.models.fast_rnn`: weight gradients as one matmul
 over all steps). It gives the same values and gradients as the generic scan
 below and is used for every cell, every LSTM variant, masking, both
 directions and truncation k1 = k2; gate collection, carry probes and
-TBPTT(k1 < k2) use the generic `scan_cell` / `scan_cell_tbptt`.
+TBPTT(k1 < k2) use the generic `scan_cell` / `scan_cell_tbptt`. `scan_path`
+is that choice (the layer runs what it returns), with the reasons for a
+fallback (`FALLBACK_REASONS`); `record_scan_paths()` collects the choice of
+every layer and direction as it is traced.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -38,7 +42,7 @@ import jax.numpy as jnp
 
 from research.models.cells import make_cell
 from research.models.cnn import as_channels_last
-from research.models.fast_rnn import fast_scan
+from research.models.fast_rnn import default_hoist, fast_scan, step_kind
 
 
 def length_mask(lengths: jnp.ndarray | None, batch: int, time: int) -> jnp.ndarray:
@@ -135,6 +139,63 @@ def _carries(step, xp, carry0, mask, unroll):
   return carries
 
 
+# Why a layer runs the generic scan instead of fast_rnn.fast_scan.
+FALLBACK_REASONS = {
+    'fast=False': 'the layer asks for the generic scan',
+    'truncation_k2': 'TBPTT(k1 < k2) runs scan_cell_tbptt',
+    'collect_gates': 'gate activations are sown at every step',
+    'probe_carry': 'zero probes are added to the carry at every step',
+    'no FastSpec': "the cell's step has no `fast` attribute (cells.FastSpec)",
+}
+
+
+class ScanPath(NamedTuple):
+  """How `Recurrent` runs a layer: ``path`` 'fast' (`fast_rnn.fast_scan`), 'generic'
+  (`scan_cell`) or 'tbptt' (`scan_cell_tbptt`); ``reasons``, the keys of
+  `FALLBACK_REASONS` that apply (empty on the fast path); on the fast path ``step``,
+  the elementwise step (`fast_rnn.step_kind`: 'lstm', 'gru' or 'generic'; None when
+  the cell was not given) and ``hoist`` (input projection before the scan)."""
+  path: str
+  reasons: tuple[str, ...] = ()
+  step: str | None = None
+  hoist: bool | None = None
+
+
+def scan_path(layer: 'Recurrent', step=None) -> ScanPath:
+  """The scan `Recurrent` runs each layer and direction of ``layer`` with.
+
+  ``step``: the cell's step function (whether it has a ``fast`` spec, and which
+  elementwise step fast_scan uses for it). None: a cell with a spec, as every cell
+  of `research.models.cells` has; ``ScanPath.step`` is then None."""
+  tbptt = bool(layer.truncation_k2) and layer.truncation_k2 != layer.truncation
+  spec = getattr(step, 'fast', None)
+  reasons = tuple(r for r, applies in (
+      ('fast=False', not layer.fast), ('truncation_k2', tbptt),
+      ('collect_gates', layer.collect_gates), ('probe_carry', layer.probe_carry),
+      ('no FastSpec', step is not None and spec is None)) if applies)
+  if reasons:
+    return ScanPath('tbptt' if tbptt else 'generic', reasons)
+  return ScanPath('fast', (), None if spec is None else step_kind(spec),
+                  default_hoist() if layer.hoist is None else bool(layer.hoist))
+
+
+_RECORDS: list[list] = []
+
+
+@contextlib.contextmanager
+def record_scan_paths():
+  """While active, every layer and direction `Recurrent` traces appends
+  ``(name, ScanPath)`` to the yielded list (name: the cell's module path, e.g.
+  'layer0_fwd' or 'Recurrent_0/layer1_bwd'). Recorded at trace time: a jitted
+  function called again with the same shapes is not traced and records nothing."""
+  log: list = []
+  _RECORDS.append(log)
+  try:
+    yield log
+  finally:
+    _RECORDS[:] = [r for r in _RECORDS if r is not log]
+
+
 def last_valid(x: jnp.ndarray, lengths: jnp.ndarray | None) -> jnp.ndarray:
   """x[b, lengths[b] - 1] (the last step when lengths is None)."""
   if lengths is None:
@@ -161,6 +222,9 @@ class Recurrent(nn.Module):
   probe_carry: bool = False  # add zero 'perturbations' to every carry (see analysis.gradients)
   cell_options: Any = None  # dict of the cell's own options (variant, forget_bias, ...)
   fast: bool = True  # custom-VJP sequence op (research.models.fast_rnn) where it applies
+  # fast path: the input projection of all steps as one matmul before the scan (True)
+  # or inside it (False); None: fast_rnn.default_hoist() (GPU/TPU: True, CPU: False)
+  hoist: bool | None = None
 
   @nn.compact
   def __call__(self, x, lengths=None):
@@ -179,12 +243,14 @@ class Recurrent(nn.Module):
         if self.probe_carry:
           zeros = jax.tree.map(lambda c: jnp.zeros((T,) + c.shape, c.dtype), c0)
           probe = self.perturb(f'carry_layer{layer}_{direction}', zeros)
-        tbptt = self.truncation_k2 and self.truncation_k2 != self.truncation
-        if (self.fast and not tbptt and not self.collect_gates and probe is None
-            and getattr(step, 'fast', None) is not None):
-          ys, _ = fast_scan(step.fast, inp, c0, mask, self.truncation, self.unroll)
+        how = scan_path(self, step)
+        for log in _RECORDS:
+          log.append(('/'.join(self.scope.path + (cell.name,)), how))
+        if how.path == 'fast':
+          ys, _ = fast_scan(step.fast, inp, c0, mask, self.truncation, self.unroll,
+                            hoist=how.hoist)
           aux = None
-        elif tbptt:
+        elif how.path == 'tbptt':
           if probe is not None:
             raise ValueError('probe_carry is not supported with truncation_k2')
           ys, aux, _ = scan_cell_tbptt(step, xp, c0, mask, self.truncation, self.truncation_k2,
