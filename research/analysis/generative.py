@@ -101,3 +101,35 @@ def image_plots(model, params, x_test: np.ndarray, workdir: Path, prefix: str = 
   image_grid(workdir / name, rows, [f'z{u}' for u in units], 'Latent traversals, -3 .. 3')
   files['latent traversals'] = name
   return files
+
+
+# ---- samples of one member (scripts/evaluate.py --sample) ----
+
+def prior_samples(model, variables, n: int, seed: int = 0) -> np.ndarray:
+  """n images E[x|z] on the [0, 1] scale, z ~ N(0, I) from ``PRNGKey(seed)``: (n, H, W, C)."""
+  z = jax.random.normal(jax.random.PRNGKey(seed), (n, model.latent))
+  out = model.apply(variables, z, method=vae.VAE.decode)
+  return np.asarray(model.apply(variables, out, method=vae.VAE.mean_image))
+
+
+def sample_grid(path, images: np.ndarray, title: str, cols: int = 10) -> None:
+  """``images`` (n, H, W, C) in [0, 1] as a PNG grid of up to ``cols`` per row, titled."""
+  cols = max(1, min(cols, len(images)))
+  rows = [images[i:i + cols] for i in range(0, len(images), cols)]
+  image_grid(path, rows, [''] * len(rows), title)
+
+
+def sample_text(model, variables, prime_ids: np.ndarray, length: int, n: int, seed: int = 0,
+                temperature: float = 1.0, context: int = 100) -> np.ndarray:
+  """n continuations of ``prime_ids`` by ``length`` characters, (n, P + length) ids.
+
+  `research.models.text.sample` vmapped over n keys split from ``key(seed)``: one
+  compiled loop for all n."""
+  from research.models.text import sample
+  if temperature < 0:
+    raise ValueError(f'temperature must be >= 0, got {temperature}')
+  prime = jnp.asarray(prime_ids, jnp.int32)
+  keys = jax.random.split(jax.random.key(seed), n)
+  draw = jax.vmap(lambda key: sample(model, variables, prime, length, key,
+                                     temperature=temperature, context=context))
+  return np.asarray(draw(keys))
