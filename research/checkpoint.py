@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class Checkpointer:
   def __init__(self, directory: str | Path, keep: int = 2):
     self.directory = Path(directory).absolute()
     self.keep = keep
+    self.failed = False
     self.manager = self._manager()
 
   def _manager(self) -> ocp.CheckpointManager:
@@ -55,13 +57,15 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     """Saves ``state`` and ``meta`` as checkpoint ``step``; raises CheckpointError
-    (one line: the step, the directory and the cause) if it cannot be written. The
-    previous checkpoints are untouched by a failed save."""
+    (one line: the step, the directory and the cause) if it cannot be written, e.g.
+    on a full disk. The previous checkpoints are untouched by a failed save."""
     try:
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-      self.manager.wait_until_finished()
+      with _orbax_errors_dropped():  # they come back to us as the exception below
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - one line for a user, the cause kept
+      self.failed = True
       cause = e
       while cause.__cause__ is not None or cause.__context__ is not None:
         if isinstance(cause, OSError):
@@ -119,5 +123,60 @@ class Checkpointer:
     return dst
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for a save in flight and closes the manager. After a failed save the
+    error was already raised; closing then only logs what else fails."""
+    try:
+      with _orbax_errors_dropped():
+        self.manager.wait_until_finished()
+        self.manager.close()
+    except Exception as e:  # noqa: BLE001
+      if not self.failed:
+        raise
+      logging.debug('closing the checkpoint manager after a failed save: %s', e)
+
+
+class _DropOrbaxErrors(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return '/orbax/' not in record.pathname.replace('\\', '/')
+
+
+def _echo_of_failed_write(exc_type, exc_value) -> bool:
+  return ((issubclass(exc_type, RuntimeError) and 'Event loop is closed' in str(exc_value))
+          or issubclass(exc_type, OSError))
+
+
+@contextlib.contextmanager
+def _orbax_errors_dropped():
+  """A failed write (a full disk) reaches us as one exception, but Orbax also logs it
+  from its worker threads, and TensorStore callbacks that land on Orbax's closed
+  event loop print their own tracebacks. While saving, those echoes are dropped;
+  the exception raised to the caller says what happened."""
+  f = _DropOrbaxErrors()
+  loggers = [logging.getLogger(), logging.getLogger('absl')]
+  handlers = [h for lg in loggers for h in lg.handlers]
+  for h in handlers:
+    h.addFilter(f)
+  old_except, old_unraisable = sys.excepthook, sys.unraisablehook
+
+  def excepthook(t, v, tb):
+    if not _echo_of_failed_write(t, v):
+      old_except(t, v, tb)
+
+  def unraisablehook(u):
+    if not _echo_of_failed_write(u.exc_type, u.exc_value):
+      old_unraisable(u)
+
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+  try:
+    yield
+  except Exception:
+    # Tasks Orbax left behind are collected later, each logged by asyncio as 'Task
+    # exception was never retrieved': after a failed write that is noise too.
+    logging.getLogger('asyncio').setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = unraisablehook
+    raise
+  else:
+    sys.excepthook, sys.unraisablehook = old_except, old_unraisable
+  finally:
+    for h in handlers:
+      h.removeFilter(f)

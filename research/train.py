@@ -22,6 +22,7 @@ sharded over them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -332,9 +334,12 @@ class _Logger:
     self.file.flush()
 
   def close(self) -> None:
-    self.file.close()
-    for w in self.tb:
-      w.close()
+    closers = [self.file.close] + [w.close for w in self.tb]
+    for close in closers:  # a full disk fails each; one line each, not tracebacks
+      try:
+        close()
+      except OSError as e:
+        logging.warning('could not finish writing %s: %s', self.path.parent, e)
 
 
 def _host(tree):
@@ -368,6 +373,26 @@ class _StopSignals:
   def __exit__(self, *exc):
     for s, old in self._old.items():
       signal.signal(s, old)
+
+
+def _writer_thread_errors_logged() -> None:
+  """A writer thread of TensorBoard or Orbax that dies of an OSError (a full disk)
+  logs one line instead of a traceback: the main thread reports the failure itself.
+  Installed once per process (such a thread can die after the run returned)."""
+  old = threading.excepthook
+  if getattr(old, '_research', False):
+    return
+
+  def hook(args):
+    frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+    if issubclass(args.exc_type, OSError) and any(
+        'tensorboardX' in f.filename or '/orbax/' in f.filename for f in frames):
+      logging.warning('background writer stopped: %s', args.exc_value)
+    else:
+      old(args)
+
+  hook._research = True
+  threading.excepthook = hook
 
 
 class _Progress:
@@ -490,6 +515,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   try:
     _check_config(workdir, config, has_checkpoint=bool(checkpointer.steps()))
     timeout = float(config.train.get('watchdog_s', 0) or 0)
+    _writer_thread_errors_logged()
     with watchdog.Watchdog(workdir, timeout) as dog, _StopSignals() as stop:
       state = run.init_state()
       restored = checkpointer.restore_latest(state)

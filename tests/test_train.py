@@ -390,3 +390,43 @@ def test_signal_saves_a_checkpoint_and_the_resumed_run_equals_uninterrupted(tmp_
   out = train_and_evaluate(small_config(**{'train.epochs': epochs, 'train.eval_every': every}),
                            work)
   assert member_metrics(out) == member_metrics(ref)
+
+
+_FULL_DISK_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from research import cli
+from research.train import train_and_evaluate
+from test_train import small_config
+c = small_config(**{{'train.epochs': 30, 'train.checkpoint_keep': 100}})
+cli.guard(lambda argv: train_and_evaluate(c, {work!r}))([])
+"""
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_path):
+  """A checkpoint that does not fit on the disk: one error line, exit 2, earlier
+  checkpoints kept; with space again the run resumes and equals an uninterrupted one."""
+  mnt = tmp_path / 'disk'
+  mnt.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs', str(mnt)],
+                    capture_output=True).returncode:
+    pytest.skip('needs root to mount a small tmpfs')
+  try:
+    work = mnt / 'run'
+    script = _FULL_DISK_DRIVER.format(tests=str(REPO / 'tests'), work=str(work))
+    proc = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) <= 3 and 'Traceback' not in proc.stderr, proc.stderr
+    assert any(l.startswith('error: could not write checkpoint') and 'No space left' in l
+               for l in lines), lines
+    saved = [int(p.name) for p in (work / 'checkpoints').iterdir() if p.name.isdigit()]
+    assert saved
+    subprocess.run(['mount', '-o', 'remount,size=20m', str(mnt)], check=True)
+    resumed = train_and_evaluate(
+        small_config(**{'train.epochs': 30, 'train.checkpoint_keep': 100}), work)
+  finally:
+    subprocess.run(['umount', '-l', str(mnt)], capture_output=True)
+  ref = train_and_evaluate(small_config(**{'train.epochs': 30}), tmp_path / 'ref')
+  assert member_metrics(resumed) == member_metrics(ref)
