@@ -141,7 +141,8 @@ class Watchdog:
     finally:
       try:
         where = f'stacks in {path}' if path else 'no stack report'
-        line = (f'error: no training progress for {limit:g} s (last completed: '
+        shown = f'{limit:.0f}' if limit >= 10 else f'{limit:.3g}'
+        line = (f'error: no training progress for {shown} s (last completed: '
                 f'{self._describe()}); {where}; exiting {code}, re-run to resume\n')
         try:
           sys.stdout.flush()
@@ -164,7 +165,7 @@ class Watchdog:
       f.write(f'No training progress for {silent_s:.1f} s; pid {pid}; '
               f'{datetime.datetime.now(datetime.timezone.utc).isoformat()}\n')
       f.write(f'Last completed: {self._describe()}\n')
-      f.write(f'Timeout in force: {limit:g} s (timeout_s {self.timeout_s:g}, before the first '
+      f.write(f'Timeout in force: {limit:.1f} s (timeout_s {self.timeout_s:g}, before the first '
               f'beat {self.first_timeout_s:g}; {beats} beats, longest interval '
               f'{longest:.1f} s)\n')
       f.write(f'Running for {time.monotonic() - self._started:.1f} s; exiting with code '

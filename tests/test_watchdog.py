@@ -296,3 +296,105 @@ def test_a_hung_sweep_worker_is_restarted_and_retries_its_trials(tmp_path):
   # The retried batch forms the same population, so it trains in the hung run's directory.
   calls = [json.loads(l) for l in (workdir / 'calls.jsonl').read_text().splitlines()]
   assert hung_run in {c['run'] for c in calls}
+
+
+# -- end to end: a real training run that stalls in a device callback ------------
+
+TRAIN_DRIVER = '''
+import json, os, sys, threading
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from research import cli, models, supervise
+from research.train import train_and_evaluate
+
+workdir, marker, watchdog_s = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+supervise.supervise(retries=2)
+ckpts = workdir / 'checkpoints'
+with open(workdir.parent / (workdir.name + '.attempts'), 'a') as f:  # checkpoints at the start
+  f.write(json.dumps(sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+                     if ckpts.is_dir() else []) + '\\n')
+
+
+def maybe_stall(_):
+  # Once a checkpoint exists (so that the retry resumes one), the first time the
+  # marker is missing: create it and never return, as a stuck device call would.
+  ckpts = workdir / 'checkpoints'
+  if marker.exists() or not ckpts.is_dir() or not any(p.name.isdigit() for p in ckpts.iterdir()):
+    return
+  marker.write_text(str(os.getpid()))
+  threading.Event().wait()
+
+
+class StallingLinear(nn.Module):
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, lengths=None):
+    if train:
+      jax.debug.callback(maybe_stall, x[0, 0])
+    return nn.Dense(self.num_outputs)(x.reshape(x.shape[0], -1))
+
+
+models.MODELS['stalling_linear'] = StallingLinear
+config = cli.load_config('configs/mnist1d.py', 'model=linear,quick')
+config.model = ml_collections.ConfigDict({'name': 'stalling_linear'})
+config.train.epochs = 3
+config.train.eval_every = 1
+config.train.progress = False
+config.train.watchdog_s = watchdog_s
+out = train_and_evaluate(config, workdir)
+(workdir / 'test_metrics.json').write_text(json.dumps(
+    [{k: v for k, v in m.items() if k.startswith(('test/', 'val/')) or k == 'best_epoch'}
+     for m in out['members']]))
+print('trained', flush=True)
+'''
+
+
+def _train_driver(tmp_path, workdir, marker, watchdog_s):
+  script = tmp_path / 'train_driver.py'
+  script.write_text(TRAIN_DRIVER)
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  env.pop(supervise_env(), None)
+  return subprocess.run([sys.executable, str(script), str(workdir), str(marker), str(watchdog_s)],
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=500)
+
+
+def _records(workdir):
+  drop = ('time_s', 'perf/', 'wall')
+  return [{k: v for k, v in json.loads(l).items() if not k.startswith(drop)}
+          for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_a_stalled_training_run_is_restarted_and_ends_as_an_uninterrupted_one(tmp_path):
+  # Detection takes max(watchdog_s, 10 x the longest interval between beats), the
+  # latter ~10 x the first epoch's compile time here; 15 s keeps a compile on a busy
+  # machine from tripping it before the stall.
+  watchdog_s = 15
+  ref_marker = tmp_path / 'never_stall'
+  ref_marker.write_text('')
+  ref = _train_driver(tmp_path, tmp_path / 'ref', ref_marker, watchdog_s)
+  assert ref.returncode == 0, ref.stderr
+  assert not list((tmp_path / 'ref').glob('hang-*.txt'))
+
+  workdir, marker = tmp_path / 'stalled', tmp_path / 'stalled_once'
+  p = _train_driver(tmp_path, workdir, marker, watchdog_s)
+  assert p.returncode == 0, p.stderr
+  assert 'trained' in p.stdout
+  assert marker.exists()
+  hang = list(workdir.glob('hang-*.txt'))
+  assert len(hang) == 1, p.stderr
+  text = hang[0].read_text()
+  assert 'maybe_stall' in text  # the callback's frame, blocked inside the device program
+  assert 'Last completed: epoch 1' in text
+  assert 'error: no training progress for ' in p.stderr
+  assert (f'run hung (stacks in {hang[0]}); resuming from the last checkpoint (retry 1 of 2)'
+          in p.stderr)
+  attempts = [json.loads(l) for l in (tmp_path / 'stalled.attempts').read_text().splitlines()]
+  assert attempts == [[], [1]]  # the retry found epoch 1's checkpoint (and resumed from it)
+  assert json.loads((workdir / 'test_metrics.json').read_text()) == \
+      json.loads((tmp_path / 'ref' / 'test_metrics.json').read_text())
+  assert _records(workdir) == _records(tmp_path / 'ref')
