@@ -19,8 +19,9 @@ re-run resumes from the last checkpoint. Any other exit code is passed on as is
 Signals: the child shares the supervisor's process group, so Ctrl-C in a terminal
 reaches it directly; the supervisor ignores SIGINT (no traceback of its own) and
 returns the child's code once it ends. SIGTERM sent to the supervisor is passed
-on to the child. With ``--hang_retries=0`` there is no child: ``main`` runs in the
-process itself.
+on to the child, and a child whose supervisor dies (even by ``kill -9``) gets a
+SIGTERM (Linux), so it checkpoints and stops. With ``--hang_retries=0`` there is
+no child: ``main`` runs in the process itself.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from research import errors
 from research.watchdog import NOTE_ENV
 
 ENV = 'RESEARCH_SUPERVISED'
+_PARENT_ENV = 'RESEARCH_SUPERVISOR_PID'
 
 _RETRIES = flags.DEFINE_integer(
     'hang_retries', 2, 'Times to restart a run that hung (exit 75, no training progress '
@@ -67,7 +69,7 @@ def run_supervised(argv: list[str], retries: int) -> int:
   fd, note_name = tempfile.mkstemp(prefix='research-hang-', suffix='.txt')
   os.close(fd)
   note = Path(note_name)
-  env = {**os.environ, ENV: '1', NOTE_ENV: str(note)}
+  env = {**os.environ, ENV: '1', NOTE_ENV: str(note), _PARENT_ENV: str(os.getpid())}
   child: subprocess.Popen | None = None
 
   def forward(signum, _frame):
@@ -100,13 +102,32 @@ def run_supervised(argv: list[str], retries: int) -> int:
     note.unlink(missing_ok=True)
 
 
+def _stop_with_supervisor() -> None:
+  """In the child (Linux): a SIGTERM when the supervisor dies, even by ``kill -9``, so
+  that the run saves a checkpoint and stops instead of running on unsupervised."""
+  parent = os.environ.pop(_PARENT_ENV, None)  # not for processes this one starts
+  if not parent or not sys.platform.startswith('linux'):
+    return
+  try:
+    import ctypes
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+  except Exception:  # noqa: BLE001 - best effort
+    return
+  if os.getppid() != int(parent):  # the supervisor died before prctl took effect
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def supervise(retries: int | None = None) -> None:
   """Call from an absl ``main`` once its flags are checked: in the supervisor this
   re-executes the command as a supervised child and exits with the child's code (it
   never returns); in the child, or with ``retries`` (default ``--hang_retries``) 0,
   it returns at once and ``main`` goes on."""
+  if is_child():
+    _stop_with_supervisor()
+    return
   retries = _RETRIES.value if retries is None else retries
-  if is_child() or retries <= 0:
+  if retries <= 0:
     return
   command = [sys.executable, *getattr(sys, 'orig_argv', [sys.executable, *sys.argv])[1:]]
   sys.exit(run_supervised(command, retries))

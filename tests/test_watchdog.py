@@ -398,3 +398,24 @@ def test_a_stalled_training_run_is_restarted_and_ends_as_an_uninterrupted_one(tm
   assert json.loads((workdir / 'test_metrics.json').read_text()) == \
       json.loads((tmp_path / 'ref' / 'test_metrics.json').read_text())
   assert _records(workdir) == _records(tmp_path / 'ref')
+
+
+def test_a_child_stops_when_its_supervisor_is_killed(tmp_path):
+  import signal
+  p = _driver(tmp_path, 'wait', start_new_session=True)
+  _wait_for(tmp_path / 'child.pid')
+  child = int((tmp_path / 'child.pid').read_text())
+  p.kill()  # SIGKILL: the supervisor cannot pass anything on
+  p.communicate(timeout=60)
+  end = time.monotonic() + 30
+  while True:
+    try:
+      os.kill(child, 0)
+    except ProcessLookupError:
+      break
+    # An exited child of a dead parent is reaped by init; until then it is a zombie.
+    status = Path(f'/proc/{child}/status')
+    if status.exists() and 'zombie' in status.read_text():
+      break
+    assert time.monotonic() < end, 'the child ran on without its supervisor'
+    time.sleep(0.1)
