@@ -430,3 +430,69 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_path)
     subprocess.run(['umount', '-l', str(mnt)], capture_output=True)
   ref = train_and_evaluate(small_config(**{'train.epochs': 30}), tmp_path / 'ref')
   assert member_metrics(resumed) == member_metrics(ref)
+
+
+def _tb_scalars(run_dir):
+  """{tag: [(step, value)]} from the event files in ``run_dir`` (TFRecord framing:
+  length, its CRC, the Event proto, its CRC)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for f in sorted(Path(run_dir).glob('events.out.tfevents.*')):
+    data, pos = f.read_bytes(), 0
+    while pos < len(data):
+      (n,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for v in event.summary.value:
+        if v.HasField('simple_value'):
+          out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
+def test_tensorboard_has_one_run_per_member_with_lr_grad_norm_and_throughput(tmp_path):
+  c = small_config(population='optim.lr=1e-2,1e-3', **{'optim.schedule': 'cosine',
+                                                        'train.epochs': 3})
+  train_and_evaluate(c, tmp_path / 'run')
+  runs = sorted(p.name for p in (tmp_path / 'run/tensorboard').iterdir())
+  assert runs == ['member_0', 'member_1']
+  recs = _records(tmp_path / 'run', timed=True)
+  for i, lr in enumerate([1e-2, 1e-3]):
+    tb = _tb_scalars(tmp_path / f'run/tensorboard/member_{i}')
+    assert {'train/lr', 'train/grad_norm', 'perf/examples_per_s', 'val/loss'} <= set(tb)
+    mine = [r for r in recs if r['member'] == i]
+    assert [v for _, v in tb['val/loss']] == pytest.approx([r['val/loss'] for r in mine])
+    # lr: the mean over each epoch's steps of lr * cosine(step), against optax's schedule
+    n = mine[0]['step']
+    total = n * 3
+    cos = lambda t: 0.5 * (1 + np.cos(np.pi * t / total))
+    for e, (_, v) in enumerate(tb['train/lr']):
+      want = np.mean([lr * cos(t) for t in range(e * n, (e + 1) * n)])
+      assert v == pytest.approx(want, rel=1e-5)
+    assert all(v > 0 for _, v in tb['train/grad_norm'])
+  hp_files = list((tmp_path / 'run/tensorboard/member_1').glob('events.out.tfevents.*'))
+  assert b'hparams' in b''.join(f.read_bytes() for f in hp_files)
+
+
+_LOG_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from research import cli
+from research.train import train_and_evaluate
+from test_train import small_config
+import logging
+logging.root.setLevel(logging.INFO)
+c = small_config(**{{'train.epochs': 6, 'train.eval_every': 2, 'train.progress': True}})
+train_and_evaluate(c, {work!r})
+"""
+
+
+def test_progress_in_a_log_file_is_one_line_per_evaluation(tmp_path):
+  script = _LOG_DRIVER.format(tests=str(REPO / 'tests'), work=str(tmp_path / 'run'))
+  proc = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert '\r' not in proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if ' epoch ' in l and 'members training' in l]
+  assert [l.split(' epoch ')[1].split(':')[0] for l in lines] == ['2/6', '4/6', '6/6']
