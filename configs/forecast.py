@@ -2,13 +2,16 @@
 
 Variants: ``configs/forecast.py:model=conv_lstm,series=airline``
   model:   conv_lstm (conv blocks -> LSTM -> horizon outputs) | lstm | mlp
-  series:  airline | lynx | shampoo_sales;  window, horizon (steps)
-  epochs, quick
+  series:  airline | lynx | shampoo_sales
+  window, horizon: input and forecast lengths (steps)
+  epochs:  training epochs;  quick: a smoke run (4 epochs, 2 seeds)
+
 The series is log-transformed and z-normalised with training statistics; the
 loss is the MSE over the horizon in that space. The `forecast` study reports
 MAE and RMSE in the series' own units next to the seasonal-naive baseline.
 """
 from research import configlib
+from research.data.forecast import SERIES
 from research.defaults import base_config
 
 MODELS = {
@@ -18,13 +21,13 @@ MODELS = {
     'lstm': dict(name='rnn', cell='lstm', hidden=48, bidirectional=False, readout='last'),
     'mlp': dict(name='mlp', hidden=128),
 }
+VARIANTS = dict(model=configlib.one_of('conv_lstm', MODELS),
+                series=configlib.one_of('airline', SERIES), window=24, horizon=12, epochs=300,
+                quick=False)
 
 
 def get_config(arg=None):
-  a = configlib.parse_arg(arg, model='conv_lstm', series='airline', window=24, horizon=12,
-                          epochs=300, quick=False)
-  if a.model not in MODELS:
-    raise ValueError(f'Unknown model {a.model!r}; known: {sorted(MODELS)}')
+  a = configlib.parse_arg(arg, **VARIANTS)
   c = base_config()
   c.experiment = f'forecast_{a.series}_{a.model}'
   c.population = 'seed=0,1,2,3,4'

@@ -1,7 +1,9 @@
 """MNIST-1D (Greydanus & Kobak 2020): the spine's first reproduction.
 
-Variants: ``configs/mnist1d.py:model=cnn`` (linear | mlp | cnn | gru | cnn_gru),
-add ``,quick`` for a seconds-long smoke run.
+Variants: ``configs/mnist1d.py:model=cnn,quick``
+  model:  linear | mlp | cnn | gru (bidirectional) | cnn_gru (conv -> bidirectional GRU)
+  quick:  a seconds-long smoke run (1000 samples, 4 epochs, 2 seeds)
+
 Training follows the paper's repository: Adam, lr 1e-2, batch 100, ~6000 steps
 (150 epochs of 40 steps on 4000 training sequences, 10% of them held out for
 validation here, so 36 steps per epoch and 5400 steps).
@@ -17,12 +19,11 @@ MODELS = {
     'cnn_gru': dict(name='cnn_rnn', channels=(25, 25), kernels=(5, 3), strides=(2, 2),
                     cell='gru', hidden=16, bidirectional=True, readout='flatten'),
 }
+VARIANTS = dict(model=configlib.one_of('cnn', MODELS), quick=False)
 
 
 def get_config(arg=None):
-  args = configlib.parse_arg(arg, model='cnn', quick=False)
-  if args.model not in MODELS:
-    raise ValueError(f'Unknown model variant {args.model!r}; known: {sorted(MODELS)}')
+  args = configlib.parse_arg(arg, **VARIANTS)
   c = base_config()
   c.experiment = f'mnist1d_{args.model}'
   c.population = 'seed=0,1,2'

@@ -1,9 +1,12 @@
 """Polyphonic music modelling on JSB Chorales: next-frame NLL of 88 keys.
 
 Variants: ``configs/music.py:cell=lstm,variant=vanilla,hidden=36,lr=1e-3``
-  cell:    elman | gru | lstm;  variant: an LSTM variant of Greff et al. (vanilla, NIG, ...)
+  cell:    elman | gru | lstm
+  variant: the LSTM variant of Greff et al.: vanilla | NIG | NFG | NOG | NIAF | NOAF | NP |
+           CIFG | FGR | standard (lstm only)
   size:    small (~20K parameters, as Chung et al. 2014) | large (~300K) -- sets hidden
            per cell unless ``hidden`` is given
+  hidden:  hidden units (0: from size);  lr: Adam's learning rate;  epochs: training epochs
   path:    the .mat file (default ../shared/data/JSB_Chorales.mat, relative to the cwd)
   source:  mat (the JSB file at ``path``) | music21: without the file, a JSB-like set rebuilt
            from music21's bundled Bach chorales (pip install -e '.[music21]'; research/data/
@@ -19,23 +22,21 @@ GRU 8.54 at ~20K parameters (Chung et al. 2014).
 """
 from research import configlib
 from research.defaults import base_config
+from research.models.cells import CELLS, LSTM_VARIANTS
 
 DEFAULT_PATH = '../shared/data/JSB_Chorales.mat'
 # Hidden sizes giving ~20K / ~300K parameters with 88 inputs and 88 outputs.
 HIDDEN = {'small': {'lstm': 36, 'gru': 46, 'elman': 100},
           'large': {'lstm': 230, 'gru': 270, 'elman': 480}}
+VARIANTS = dict(cell=configlib.one_of('lstm', CELLS),
+                variant=configlib.one_of('vanilla', LSTM_VARIANTS),
+                size=configlib.one_of('small', HIDDEN), hidden=0, lr=1e-3, epochs=100,
+                path=DEFAULT_PATH, source=configlib.one_of('mat', ('mat', 'music21')), cache='',
+                quick=False)
 
 
 def get_config(arg=None):
-  a = configlib.parse_arg(arg, cell='lstm', variant='vanilla', size='small', hidden=0,
-                          lr=1e-3, epochs=100, path=DEFAULT_PATH, source='mat', cache='',
-                          quick=False)
-  if a.size not in HIDDEN:
-    raise ValueError(f'size must be one of {sorted(HIDDEN)}, got {a.size!r}')
-  if a.cell not in HIDDEN[a.size]:
-    raise ValueError(f'cell must be one of {sorted(HIDDEN[a.size])}, got {a.cell!r}')
-  if a.source not in ('mat', 'music21'):
-    raise ValueError(f"source must be 'mat' or 'music21', got {a.source!r}")
+  a = configlib.parse_arg(arg, **VARIANTS)
   hidden = a.hidden or HIDDEN[a.size][a.cell]
   c = base_config()
   prefix = 'jsb' if a.source == 'mat' else 'bach21'  # music21 results are not JSB results

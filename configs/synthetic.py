@@ -3,8 +3,11 @@
 Variants: ``configs/synthetic.py:task=adding,cell=lstm,T=100,clip=1,trunc=0``
   task:  adding (Le et al. / Arjovsky et al. two-marker form) | adding_hs (Hochreiter &
          Schmidhuber 1997, variable length) | copy | temporal_order | temporal_order3
-  cell:  elman | gru | lstm;  variant: an LSTM variant of Greff et al. (vanilla, NIG, ...)
+  cell:  elman | gru | lstm
+  variant: the LSTM variant of Greff et al.: vanilla | NIG | NFG | NOG | NIAF | NOAF | NP |
+         CIFG | FGR | standard (lstm only)
   T:     sequence length (the dependency spans about T steps)
+  hidden: hidden units;  lr: Adam's learning rate
   clip:  global-norm gradient clipping threshold (0 = none)
   trunc: truncated-BPTT chunk length k1 (0 = full BPTT)
   k2:    with trunc, backpropagate each chunk's errors k2 >= trunc steps (0: k2 = trunc)
@@ -12,6 +15,7 @@ Variants: ``configs/synthetic.py:task=adding,cell=lstm,T=100,clip=1,trunc=0``
 """
 from research import configlib
 from research.defaults import base_config
+from research.models.cells import CELLS, LSTM_VARIANTS
 
 TASKS = {  # task -> (dataset name, dataset options, task kind, readout)
     'adding': ('adding', dict(variant='modern'), 'regress', 'last'),
@@ -25,13 +29,13 @@ TASKS = {  # task -> (dataset name, dataset options, task kind, readout)
 # < 0.04 on their target 0.5 + (X1 + X2) / 4. Pascanu et al. (2013, their code's error): squared
 # error <= 0.04 on the target (X1 + X2) / 2, i.e. |error| <= 0.2 there and 0.4 on our target X1 + X2.
 TOLERANCE = {'adding': 0.4, 'adding_hs': 0.04}
+VARIANTS = dict(task=configlib.one_of('adding', TASKS), cell=configlib.one_of('lstm', CELLS),
+                variant=configlib.one_of('vanilla', LSTM_VARIANTS), T=100, hidden=64, clip=1.0,
+                trunc=0, k2=0, lr=1e-3, quick=False)
 
 
 def get_config(arg=None):
-  a = configlib.parse_arg(arg, task='adding', cell='lstm', variant='vanilla', T=100, hidden=64,
-                          clip=1.0, trunc=0, k2=0, lr=1e-3, quick=False)
-  if a.task not in TASKS:
-    raise ValueError(f'Unknown task {a.task!r}; known: {sorted(TASKS)}')
+  a = configlib.parse_arg(arg, **VARIANTS)
   data_name, data_opts, kind, readout = TASKS[a.task]
   c = base_config()
   c.experiment = f'{a.task}_T{a.T}_{a.cell}'

@@ -4,7 +4,8 @@ Variants: ``configs/text.py:model=cnn_lstm``
   model:   cnn_lstm (embedding -> causal conv -> LSTM -> softmax: the char CNN-LSTM) |
            lstm (embedding -> LSTM) | cnn (embedding -> causal convs; a 13-character window)
   seq_len: characters per training chunk (and the sampling context)
-  epochs, quick (a smoke run on a 60K-character prefix)
+  epochs:  training epochs;  quick: a smoke run on a 60K-character prefix
+
 Sizes are chosen for roughly equal parameter counts (~160-200K); the `text`
 study prints them. Metric: bits per character = test loss / ln 2.
 """
@@ -18,12 +19,11 @@ MODELS = {
     'cnn': dict(name='char_lm', embed=32, channels=(128, 128, 128), kernels=(5, 5, 5),
                 cell='none'),
 }
+VARIANTS = dict(model=configlib.one_of('cnn_lstm', MODELS), seq_len=100, epochs=10, quick=False)
 
 
 def get_config(arg=None):
-  a = configlib.parse_arg(arg, model='cnn_lstm', seq_len=100, epochs=10, quick=False)
-  if a.model not in MODELS:
-    raise ValueError(f'Unknown model {a.model!r}; known: {sorted(MODELS)}')
+  a = configlib.parse_arg(arg, **VARIANTS)
   c = base_config()
   c.experiment = f'text_{a.model}'
   c.population = 'seed=0,1'

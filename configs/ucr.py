@@ -21,6 +21,7 @@ when the training loss has not improved for 50 epochs (floor 1e-4), the model
 with the lowest training loss kept.
 """
 from research import configlib
+from research.data.preprocess import NORMALIZE
 from research.defaults import base_config
 
 MODELS = {
@@ -37,13 +38,12 @@ MODELS = {
 }
 # Training-set sizes of the bundled sets we use (for Fawaz's batch rule without loading).
 TRAIN_SIZE = {'GunPoint': 50, 'ItalyPowerDemand': 67, 'BasicMotions': 40, 'JapaneseVowels': 270}
+VARIANTS = dict(model=configlib.one_of('fcn', MODELS), dataset='GunPoint', epochs=500, val=0.0,
+                augment='', normalize=configlib.one_of('none', NORMALIZE), quick=False)
 
 
 def get_config(arg=None):
-  a = configlib.parse_arg(arg, model='fcn', dataset='GunPoint', epochs=500, val=0.0,
-                          augment='', normalize='none', quick=False)
-  if a.model not in MODELS:
-    raise ValueError(f'Unknown model {a.model!r}; known: {sorted(MODELS)}')
+  a = configlib.parse_arg(arg, **VARIANTS)
   c = base_config()
   c.experiment = f'ucr_{a.dataset}_{a.model}'
   c.population = 'seed=0,1,2'

@@ -8,9 +8,10 @@ early stopping on the validation loss (patience 20 epochs, up to 1000).
 Metric: negative ELBO in nats per image (``nelbo``; lower is better).
 
 Variants: ``configs/vae_digits.py:beta=4,anneal=linear,quick``
-  encoder, decoder: mlp | conv
+  encoder, decoder: mlp | conv (decoder: the encoder's kind unless given)
   likelihood:       categorical | bernoulli (binarised pixels) | gaussian (fixed sigma)
-  latent, hidden:   latent units; width of each of the two hidden layers
+  latent, hidden:   latent units; width of each of the two hidden layers (an integer:
+                    hidden=128 is model.hidden = (128, 128))
   beta:             weight of the KL term (Higgins et al. 2017)
   anneal:           none | linear | sigmoid | cyclical, over anneal_steps updates
                     (the cycle length for cyclical); free_bits: lambda per unit
@@ -18,22 +19,32 @@ Variants: ``configs/vae_digits.py:beta=4,anneal=linear,quick``
                     learning rate and schedule (research/optim.py)
   epochs, patience: training length; evaluations without improvement before a member
                     stops (0 = never)
-  quick:            a seconds-long smoke run
+  quick:            a seconds-long smoke run (4 epochs, one seed, hidden 64 unless given)
+
+On the command line ``model.hidden`` (the dense widths, the decoder mirrors them)
+is a tuple: ``--config.model.hidden='(128, 64)'``, or ``'(256,)'`` for one layer;
+a bare ``--config.model.hidden=256`` is refused (it would be one layer).
 
 ``get_search_space(arg)`` is this experiment's sweep space (scripts/sweep.py).
 """
 from research import configlib
 from research.defaults import base_config
+from research.models.vae import LIKELIHOODS, NETWORKS
+from research.optim import SCHEDULES
 from research.sweep.space import Choice, Float, Int
+from research.tasks import ANNEALING
 
 LR = {'adam': 1e-3, 'rmsprop': 1e-3, 'sgd': 3e-2}
+VARIANTS = dict(
+    encoder=configlib.one_of('mlp', NETWORKS), decoder=configlib.one_of('', ('',) + NETWORKS),
+    likelihood=configlib.one_of('categorical', LIKELIHOODS), latent=16, hidden=256, beta=1.0,
+    anneal=configlib.one_of('none', ANNEALING), anneal_steps=0, free_bits=0.0,
+    optim=configlib.one_of('adam', LR), lr=0.0, schedule=configlib.one_of('constant', SCHEDULES),
+    epochs=300, patience=10, quick=False)
 
 
 def get_config(arg=None):
-  a = configlib.parse_arg(
-      arg, encoder='mlp', decoder='', likelihood='categorical', latent=16, hidden=256,
-      beta=1.0, anneal='none', anneal_steps=0, free_bits=0.0, optim='adam', lr=0.0,
-      schedule='constant', epochs=300, patience=10, quick=False)
+  a = configlib.parse_arg(arg, **VARIANTS)
   c = base_config()
   c.experiment = 'vae_digits'
   c.population = 'seed=0,1,2'
@@ -50,8 +61,6 @@ def get_config(arg=None):
   c.task.anneal_steps = int(a.anneal_steps)
   c.task.anneal_ratio = 0.5
   c.task.free_bits = float(a.free_bits)
-  if a.optim not in LR:
-    raise ValueError(f'Unknown optim {a.optim!r}; known: {sorted(LR)}')
   c.optim.name = a.optim
   c.optim.lr = a.lr or LR[a.optim]
   c.optim.momentum = 0.9 if a.optim == 'sgd' else 0.0
@@ -69,7 +78,8 @@ def get_config(arg=None):
   c.train.eval_batch_size = 500
   if a.quick:
     c.population = 'seed=0'
-    c.model.hidden = (64, 64)
+    if 'hidden' not in {p.partition('=')[0].strip() for p in configlib.split_arg(arg or '')}:
+      c.model.hidden = (64, 64)
     c.train.epochs = 4
     c.train.eval_every = 2
     c.train.progress = False

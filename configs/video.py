@@ -6,11 +6,13 @@ Variants: ``configs/video.py:model=lrcn,label=digit_direction``
           mlp (residual MLP on the whole flattened clip) | convlstm (Shi et al. 2015)
   label:  digit (10 classes; one frame suffices) | digit_direction (40 classes; needs order)
   train_fraction: keep this fraction of the training clips (stratified), for learning curves
-  epochs, quick (a smoke run)
+  epochs: training epochs;  quick: a smoke run (300 training clips, 2 epochs)
+
 The model sizes are chosen so that every model has about 30K parameters (the
 `hybrid_ablation` study prints the exact counts).
 """
 from research import configlib
+from research.data.video import LABELS
 from research.defaults import base_config
 
 MODELS = {
@@ -21,13 +23,13 @@ MODELS = {
     'mlp': dict(name='mlp', hidden=14),
     'convlstm': dict(name='convlstm', features=(24,), kernel=3, input_pool=2),
 }
+VARIANTS = dict(model=configlib.one_of('lrcn', MODELS),
+                label=configlib.one_of('digit_direction', LABELS), epochs=20, train_fraction=1.0,
+                quick=False)
 
 
 def get_config(arg=None):
-  a = configlib.parse_arg(arg, model='lrcn', label='digit_direction', epochs=20,
-                          train_fraction=1.0, quick=False)
-  if a.model not in MODELS:
-    raise ValueError(f'Unknown model {a.model!r}; known: {sorted(MODELS)}')
+  a = configlib.parse_arg(arg, **VARIANTS)
   c = base_config()
   c.experiment = f'video_{a.model}_{a.label}'
   c.population = 'seed=0,1,2'

@@ -43,6 +43,45 @@ import optax
 from research.models.recurrent import Recurrent
 
 GATE_BLOCKS = {'lstm': 4, 'gru': 3, 'elman': 1}
+CELLS = tuple(GATE_BLOCKS)
+MODES = ('train', 'forward')  # train: forward + backward + Adam update
+REFERENCES = ('generic', 'flax', 'torch')
+
+
+def check_choices(what: str, values: list[str], allowed: tuple[str, ...]) -> None:
+  """Raises ValueError naming every value of ``values`` not in ``allowed``."""
+  bad = [v for v in values if v not in allowed]
+  if bad:
+    raise ValueError(f'unknown {what} {", ".join(map(repr, bad))}; allowed: '
+                     f'{", ".join(allowed)}')
+
+
+def parse_counts(what: str, values: list[str]) -> list[int]:
+  """Positive integers from strings; ValueError naming a bad one."""
+  out = []
+  for v in values:
+    try:
+      n = int(v)
+    except ValueError:
+      n = 0
+    if n < 1:
+      raise ValueError(f'{what} must be positive integers, got {v!r}')
+    out.append(n)
+  return out
+
+
+def parse_shape(spec: str) -> tuple[str, tuple[int, int, int, int]]:
+  """``'name:BxTxDxH'`` -> (name, (B, T, D, H)); ValueError naming a malformed spec."""
+  name, sep, dims = spec.partition(':')
+  parts = dims.split('x')
+  try:
+    values = tuple(int(v) for v in parts)
+  except ValueError:
+    values = ()
+  if not (name and sep and len(values) == 4 and min(values) > 0):
+    raise ValueError(f'population shape {spec!r} is not name:BxTxDxH with positive integers '
+                     '(e.g. small:32x50x8x32)')
+  return name, values
 
 
 @dataclasses.dataclass

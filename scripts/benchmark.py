@@ -19,8 +19,8 @@ if __name__ == '__main__':
   # (an explicit --cpu_devices or XLA_FLAGS wins), and OpenMP threads that sleep
   # instead of spinning while JAX runs (else PyTorch's idle threads steal its cores).
   for a in sys.argv:
-    if a.startswith('--cpu_devices='):
-      os.environ['RESEARCH_CPU_DEVICES'] = a.split('=', 1)[1]
+    if a.startswith('--cpu_devices=') and a.split('=', 1)[1].isdigit():
+      os.environ['RESEARCH_CPU_DEVICES'] = a.split('=', 1)[1]  # else the flag's parser says why
   configure_cpu_devices()
   if '--nopassive_omp' not in sys.argv:
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
@@ -30,36 +30,63 @@ from absl import app, flags, logging  # noqa: E402
 
 from research import benchmark as bm  # noqa: E402
 from research import cli, results  # noqa: E402
+from research.models.cells import LSTM_VARIANTS  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (results.json, report.md).')
-_CELLS = flags.DEFINE_list('cells', ['lstm', 'gru'], 'Cells to time: lstm, gru, elman.')
+_CELLS = flags.DEFINE_list('cells', ['lstm', 'gru'], f'Cells to time: {", ".join(bm.CELLS)}.')
 _VARIANTS = flags.DEFINE_list('lstm_variants', ['vanilla'],
-                              'Extra LSTM variants (Greff et al.) to time, ours only.')
-_MODES = flags.DEFINE_list('modes', ['train', 'forward'], 'train (fwd+bwd+Adam) and/or forward.')
-_REFS = flags.DEFINE_list('references', ['generic', 'flax', 'torch'],
+                              'Extra LSTM variants (Greff et al.) to time, ours only: '
+                              f'{", ".join(LSTM_VARIANTS)}.')
+_MODES = flags.DEFINE_list('modes', list(bm.MODES), 'train (fwd+bwd+Adam) and/or forward.')
+_REFS = flags.DEFINE_list('references', list(bm.REFERENCES),
                           'generic (our autodiff scan), flax (nn.RNN), torch (when importable).')
 _TORCH_THREADS = flags.DEFINE_list('torch_threads', ['2', '1'],
                                    'torch.set_num_threads values; the first is the headline.')
-_BATCH = flags.DEFINE_integer('batch', 64, 'Batch size.')
-_LENGTH = flags.DEFINE_integer('length', 100, 'Sequence length.')
-_INPUT = flags.DEFINE_integer('input', 32, 'Input features.')
-_HIDDEN = flags.DEFINE_integer('hidden', 128, 'Hidden units.')
-_CLASSES = flags.DEFINE_integer('classes', 10, 'Classes of the last-step head.')
-_ROUNDS = flags.DEFINE_integer('rounds', 20, 'Interleaved rounds per case (medians over them).')
+_BATCH = flags.DEFINE_integer('batch', 64, 'Batch size.', lower_bound=1)
+_LENGTH = flags.DEFINE_integer('length', 100, 'Sequence length.', lower_bound=1)
+_INPUT = flags.DEFINE_integer('input', 32, 'Input features.', lower_bound=1)
+_HIDDEN = flags.DEFINE_integer('hidden', 128, 'Hidden units.', lower_bound=1)
+_CLASSES = flags.DEFINE_integer('classes', 10, 'Classes of the last-step head.', lower_bound=1)
+_ROUNDS = flags.DEFINE_integer('rounds', 20, 'Interleaved rounds per case (medians over them).',
+                               lower_bound=1)
 _WARMUP = flags.DEFINE_integer(
     'warmup_calls', 0, 'Untimed calls of a recurrent candidate right before each timed one '
     '(steady state: its own buffers in cache, as in a training loop; 0: timed right after the '
-    'other candidates).')
-_MAX_SECONDS = flags.DEFINE_float('max_seconds', 120.0, 'Stop a case after this long (>= 3 rounds).')
-_MATMUL = flags.DEFINE_integer('matmul', 2048, 'Size of the reference matmul (0: skip).')
+    'other candidates).', lower_bound=0)
+_MAX_SECONDS = flags.DEFINE_float('max_seconds', 120.0,
+                                  'Stop a case after this long (>= 3 rounds).', lower_bound=0.0)
+_MATMUL = flags.DEFINE_integer('matmul', 2048, 'Size of the reference matmul (0: skip).',
+                               lower_bound=0)
 _MEMBERS = flags.DEFINE_list('population_members', ['1', '2', '4', '8', '16'],
                              'Population sizes K (empty: skip populations).')
 _POP_SHAPES = flags.DEFINE_list('population_shapes', ['small:32x50x8x32', 'medium:32x100x16x64'],
                                 'name:BxTxDxH of the population models.')
-_POP_ROUNDS = flags.DEFINE_integer('population_rounds', 10, 'Interleaved rounds per K.')
-flags.DEFINE_integer('cpu_devices', 0, 'CPU devices (0: one per core). Read before JAX starts.')
+_POP_ROUNDS = flags.DEFINE_integer('population_rounds', 10, 'Interleaved rounds per K.',
+                                   lower_bound=1)
+flags.DEFINE_integer('cpu_devices', 0, 'CPU devices (0: one per core). Read before JAX starts.',
+                     lower_bound=0)
 flags.DEFINE_bool('passive_omp', True, 'OMP_WAIT_POLICY=PASSIVE for PyTorch (read before start).')
 flags.mark_flags_as_required(['workdir'])
+
+
+def _validator(name, check):
+  """Registers ``check(values)`` (raises ValueError) as the validator of list flag ``name``."""
+  def checker(values):
+    try:
+      check(values)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    return True
+  flags.register_validator(name, checker)
+
+
+_validator('cells', lambda v: bm.check_choices('cell', v, bm.CELLS))
+_validator('lstm_variants', lambda v: bm.check_choices('LSTM variant', v, LSTM_VARIANTS))
+_validator('modes', lambda v: bm.check_choices('mode', v, bm.MODES))
+_validator('references', lambda v: bm.check_choices('reference', v, bm.REFERENCES))
+_validator('torch_threads', lambda v: bm.parse_counts('--torch_threads', v))
+_validator('population_members', lambda v: bm.parse_counts('--population_members', v))
+_validator('population_shapes', lambda v: [bm.parse_shape(s) for s in v])
 _OWN = {'workdir', 'cells', 'lstm_variants', 'modes', 'references', 'torch_threads', 'batch',
         'length', 'input', 'hidden', 'classes', 'rounds', 'warmup_calls', 'max_seconds',
         'matmul', 'population_members', 'population_shapes', 'population_rounds', 'cpu_devices',
@@ -72,6 +99,8 @@ def main(argv):
   cli.setup_logging()
   jax.config.update('jax_enable_compilation_cache', False)  # compile times are measured
   workdir = Path(_WORKDIR.value)
+  if workdir.exists() and not workdir.is_dir():
+    raise ValueError(f'--workdir={workdir} is a file; the workdir must be a directory')
   workdir.mkdir(parents=True, exist_ok=True)
   env = bm.environment()
   logging.info('environment: %s', env)
@@ -97,8 +126,7 @@ def main(argv):
                                             for k, v in case['candidates'].items()})
   members = [int(k) for k in _MEMBERS.value]
   for spec in _POP_SHAPES.value if members else []:
-    name, dims = spec.split(':')
-    B, T, D, H = (int(v) for v in dims.split('x'))
+    name, (B, T, D, H) = bm.parse_shape(spec)
     rows = bm.population_case(bm.Shape(B, T, D, H, _CLASSES.value), members, _POP_ROUNDS.value,
                               label=name, max_seconds=_MAX_SECONDS.value)
     out['population'] += rows
@@ -202,4 +230,4 @@ def markdown(out, env, rows) -> str:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.guard(main), flags_parser=cli.parse_flags)

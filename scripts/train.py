@@ -1,37 +1,127 @@
-"""Train one config (a population of members) into a workdir; re-run to resume.
+r"""Train one config (a population of members) into a workdir; re-run to resume.
 
   python scripts/train.py --config=configs/mnist1d.py:model=cnn --workdir=runs/cnn \
       --config.optim.lr=3e-3 --config.population='seed=0,1,2'
+  python scripts/train.py --config=configs/mnist1d.py:model=cnn --dry_run   # check, no training
+
+--config.a.b=value overrides any config key (a tuple key takes a tuple:
+--config.model.channels='(32, 32)'). --dry_run prints the resolved config, the
+population's members and the parameter count of one member, and exits without
+creating the workdir. Bad input ends in one 'error: ...' line and exit code 2;
+a run whose every member diverged exits 1 (research/errors.py).
 """
+import shutil
 import sys
+from pathlib import Path
 
 from research.devices import configure_cpu_devices
 
 configure_cpu_devices()  # before JAX starts: one CPU device per core (research/devices.py)
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags
+from ml_collections import config_flags  # noqa: E402
 
-from research import cli, results
-from research.train import DivergenceError, train_and_evaluate
+from research import cli, results  # noqa: E402
+from research.checkpoint import CheckpointError  # noqa: E402
+from research.train import train_and_evaluate  # noqa: E402
+
+__doc__ += cli.configs_help()  # --help lists configs/*.py and their variants
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for all outputs of this run.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Print the resolved config, the members and the parameter count of one '
+    'member, then exit without training (no workdir needed; none is created).')
+flags.mark_flag_as_required('config')
+
+
+@flags.multi_flags_validator(['workdir', 'dry_run'],
+                             message='--workdir is required (the directory for this run\'s '
+                             'outputs), unless --dry_run')
+def _workdir_given(values):
+  return values['dry_run'] or bool(values['workdir'])
+
+
+def dry_run(config) -> None:
+  """Prints what a run of ``config`` would be: config, members, data, parameters."""
+  import jax
+  import jax.numpy as jnp
+
+  from research import configlib, population
+  from research.data import load_dataset
+  from research.models import build_model
+  from research.tasks import make_task
+
+  task = make_task(config.task)
+  members = population.expand(config, task.hparam_keys)
+  print(f'config {config_flags.get_config_filename(flags.FLAGS["config"])}:')
+  for key, value in configlib.flatten(config).items():
+    print(f'  {key} = {value!r}')
+  varied = population.varied_keys(members)
+  print(f'\npopulation: {len(members)} member(s) ({config.get("population_mode", "product")}'
+        f' of {config.get("population", "") or "no population"!r}); varied: '
+        f'{", ".join(varied) or "nothing"}')
+  for i, m in enumerate(members):
+    print(f'  member {i}: ' + ' '.join(f'{k}={v:g}' for k, v in m.items()))
+  dataset = load_dataset(config.data)
+  sizes = {k: len(s['x']) for k, s in (('train', dataset.train), ('val', dataset.val),
+                                       ('test', dataset.test)) if s is not None}
+  batch = int(config.train.batch_size)
+  steps = sizes['train'] // batch
+  if steps == 0:
+    raise ValueError(f'train.batch_size={batch} exceeds the {sizes["train"]} training examples')
+  print(f'\ndata: {config.data.name}, ' + ', '.join(f'{k} {n}' for k, n in sizes.items())
+        + f'; {steps} steps per epoch, {steps * int(config.train.epochs)} in total')
+  model = build_model(config.model, dataset.info)
+  sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
+  extra = {'lengths': sample['lengths']} if 'lengths' in sample else {}
+  key = jax.random.PRNGKey(0)
+  shapes = jax.eval_shape(
+      lambda: model.init({'params': key, 'dropout': key}, sample['x'], train=False, **extra))
+  n_params = sum(int(x.size) for x in jax.tree.leaves(shapes['params']))
+  print(f'model: {config.model.name}, {n_params} parameters per member')
+
+
+def _remove_if_unstarted(created: list[Path]) -> None:
+  """Deletes the workdir a failed run created, if it holds nothing but config.json.
+
+  ``created`` are the workdir and its parents that did not exist before the run,
+  innermost first. Anything else in the workdir (a checkpoint, metrics) keeps it.
+  """
+  if not created or not created[0].is_dir():
+    return
+  workdir = created[0]
+  for p in workdir.rglob('*'):
+    if p.is_file() and p != workdir / 'config.json' or p.is_symlink():
+      return
+  shutil.rmtree(workdir)
+  for parent in created[1:]:
+    try:
+      parent.rmdir()
+    except OSError:
+      return
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are written --name=value')
   cli.setup_logging()
+  config = _CONFIG.value
+  if _DRY_RUN.value:
+    dry_run(config)
+    return
+  workdir = Path(_WORKDIR.value)
+  if workdir.exists() and not workdir.is_dir():
+    raise ValueError(f'--workdir={workdir} is a file; the workdir must be a directory')
+  created = [p for p in (workdir, *workdir.parents) if not p.exists()]
   try:
-    out = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (DivergenceError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    out = train_and_evaluate(config, workdir)
+  except (ValueError, FileNotFoundError, CheckpointError):
+    _remove_if_unstarted(created)  # bad input found before training: leave no workdir
+    raise
   print(results.markdown_table(out['rows'], digits=4))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.guard(main), flags_parser=cli.parse_flags)

@@ -144,6 +144,20 @@ class ConvDecoder(nn.Module):
     return out.reshape((z.shape[0],) + self.out_shape)
 
 
+def _widths(name: str, value: Any, what: str, example: str) -> tuple[int, ...]:
+  """``value`` as a tuple of positive ints; a ValueError naming ``name`` otherwise.
+
+  A bare integer is refused rather than read as one layer: ``hidden=256`` is
+  ambiguous (one layer of 256, or 256 per layer?); write ``(256,)`` or ``(256, 256)``.
+  """
+  ok = isinstance(value, (tuple, list)) and all(
+      isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)
+  if not ok:
+    raise ValueError(f'VAE: {name} must be a tuple of positive {what}, e.g. {example} '
+                     f'(or ({example[1:].split(",")[0]},) for one), got {value!r}')
+  return tuple(int(v) for v in value)
+
+
 class VAE(nn.Module):
   """Encoder -> Gaussian posterior -> reparameterised sample -> decoder -> likelihood.
 
@@ -173,8 +187,8 @@ class VAE(nn.Module):
     if len(shape) != 3:
       raise ValueError(f'VAE: image_shape must be (H, W, C), got {shape}')
     per_pixel = self.num_levels if self.likelihood == 'categorical' else 1
-    hidden = tuple(int(h) for h in self.hidden)
-    channels = tuple(int(c) for c in self.channels)
+    hidden = _widths('hidden', self.hidden, 'layer widths', '(256, 256)')
+    channels = _widths('channels', self.channels, 'conv channels', '(32, 64)')
     if self.decoder == 'conv':
       s = 2 ** (len(channels) - 1)
       if shape[0] % s or shape[1] % s:
