@@ -168,7 +168,7 @@ class Trainer:
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['lr'] = optim.step_size(state.opt_state, self.multiplier, state.step)
 
     live = state.active & ~state.diverged
