@@ -43,6 +43,6 @@ def base_config() -> ml_collections.ConfigDict:
       # seconds without a finished epoch or evaluation before the run dumps every thread's
       # stack to workdir/hang-<time>.txt and exits 75 (research/watchdog.py); 0 = off.
       # The first epoch (compilation) gets watchdog_s more.
-      watchdog_s=900,
+      watchdog_s=900.0,
   ))
   return c

@@ -523,7 +523,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       if restored is not None:
         start_epoch, state, meta = restored
         logging.info('Resumed %s at epoch %d', workdir, start_epoch)
-      dog.beat(epoch=start_epoch)
       if _finished(state, start_epoch, int(config.train.epochs)):
         _raise_if_all_diverged(state, run.members)
         if (workdir / 'results.json').exists():
