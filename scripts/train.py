@@ -10,7 +10,6 @@ population's members and the parameter count of one member, and exits without
 creating the workdir. Bad input ends in one 'error: ...' line and exit code 2;
 a run whose every member diverged exits 1 (research/errors.py).
 """
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from research import cli, results  # noqa: E402
-from research.checkpoint import CheckpointError  # noqa: E402
 from research.train import train_and_evaluate  # noqa: E402
 
 __doc__ += cli.configs_help()  # --help lists configs/*.py and their variants
@@ -83,26 +81,6 @@ def dry_run(config) -> None:
   print(f'model: {config.model.name}, {n_params} parameters per member')
 
 
-def _remove_if_unstarted(created: list[Path]) -> None:
-  """Deletes the workdir a failed run created, if it holds nothing but config.json.
-
-  ``created`` are the workdir and its parents that did not exist before the run,
-  innermost first. Anything else in the workdir (a checkpoint, metrics) keeps it.
-  """
-  if not created or not created[0].is_dir():
-    return
-  workdir = created[0]
-  for p in workdir.rglob('*'):
-    if p.is_file() and p != workdir / 'config.json' or p.is_symlink():
-      return
-  shutil.rmtree(workdir)
-  for parent in created[1:]:
-    try:
-      parent.rmdir()
-    except OSError:
-      return
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are written --name=value')
@@ -114,13 +92,10 @@ def main(argv):
   workdir = Path(_WORKDIR.value)
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f'--workdir={workdir} is a file; the workdir must be a directory')
-  created = [p for p in (workdir, *workdir.parents) if not p.exists()]
-  try:
-    out = train_and_evaluate(config, workdir)
-  except (ValueError, FileNotFoundError, CheckpointError):
-    _remove_if_unstarted(created)  # bad input found before training: leave no workdir
-    raise
+  out = train_and_evaluate(config, workdir)  # validates everything before writing
   print(results.markdown_table(out['rows'], digits=4))
+  print()
+  print(results.member_summary(out, workdir))
 
 
 if __name__ == '__main__':

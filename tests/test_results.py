@@ -141,3 +141,21 @@ def test_markdown_table():
   assert '±' not in lines[3]
   plain = results.markdown_table(rows[1:], digits=3)
   assert '| 0.955 |' in plain
+
+
+def test_member_summary_shows_validation_at_the_selected_epoch_per_group():
+  from research.results import member_summary
+  mk = lambda i, lr, seed, val, test, ep, div=False: {
+      'member': i, 'hparams': {'seed': seed, 'optim.lr': lr}, 'best_epoch': ep,
+      'diverged': div, 'val/accuracy': val, 'test/accuracy': test}
+  out = {'experiment': 'x', 'select_metric': 'val/accuracy', 'train_time_s': 12.0,
+         'first_epoch_s': 2.0,
+         'members': [mk(0, 1e-3, 0, 0.5, 0.4, 3), mk(1, 1e-3, 1, 0.7, 0.6, 5),
+                     mk(2, 1e-2, 0, 0.9, 0.8, 2), mk(3, 1e-2, 1, float('nan'), 0.1, 1, True)]}
+  lines = member_summary(out).splitlines()
+  assert 'val/accuracy (selected)' in lines[0] and 'test/accuracy' in lines[0]
+  a = lines[1].split()
+  assert a[0] == 'lr=0.001' and a[1] == '2' and a[2] == '0.6' and a[3] == '3,5' and a[4] == '0.5'
+  b = lines[2].split()  # the diverged member is counted but not averaged
+  assert b[0] == 'lr=0.01' and b[2] == '0.9' and b[4] == '0.8' and '1 diverged' in lines[2]
+  assert lines[3].startswith('train time 12.0 s')
