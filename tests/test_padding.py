@@ -108,7 +108,6 @@ REFUSE_LENGTHS = {'convlstm': dict(name='convlstm', features=(3,))}
 
 # Known leaks in files this suite does not fix: Linear and ResidualMLP ignore
 # ``lengths`` and read the padding ("padded steps are zeros").
-IGNORE_LENGTHS = {'linear', 'mlp'}
 
 
 VOCAB = 7
@@ -159,9 +158,6 @@ def test_garbage_padded_batch_equals_unpadded_runs(kind):
 
 @pytest.mark.parametrize('kind', sorted(ZERO_PADDING_REFERENCE))
 def test_garbage_padding_equals_zero_padding_for_fixed_length_readouts(kind, request):
-  if kind in IGNORE_LENGTHS:
-    request.applymarker(pytest.mark.xfail(
-        reason='research/models/simple.py ignores lengths (reads the padding)'))
   model, name = _model(ZERO_PADDING_REFERENCE[kind])
   rng = np.random.default_rng(0)
   examples, fill = _inputs(name, rng)

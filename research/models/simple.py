@@ -4,13 +4,16 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models.cnn import zero_padding
+
 
 class Linear(nn.Module):
   """Flatten, then one dense layer (MNIST-1D's ``LinearBase``: 40 -> 10)."""
   num_outputs: int = 10
 
   @nn.compact
-  def __call__(self, x, train: bool = False, lengths=None):  # padded steps are zeros
+  def __call__(self, x, train: bool = False, lengths=None):
+    x = zero_padding(x, lengths)  # whatever padded steps hold, they count as zeros
     return nn.Dense(self.num_outputs)(x.reshape(x.shape[0], -1))
 
 
@@ -21,7 +24,8 @@ class ResidualMLP(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, train: bool = False, lengths=None):  # padded steps are zeros
+  def __call__(self, x, train: bool = False, lengths=None):
+    x = zero_padding(x, lengths)  # whatever padded steps hold, they count as zeros
     h = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
     h = h + nn.relu(nn.Dense(self.hidden)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
