@@ -359,6 +359,11 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
             study.enqueue_trial(point, user_attrs={'point': i})
       else:
         diff = [k for k, v in signature.items() if saved.get(k) != v]
+        if 'config' in diff and saved.get('config'):
+          a = configlib.flatten(ml_collections.ConfigDict(json.loads(saved['config'])))
+          b = configlib.flatten(ml_collections.ConfigDict(json.loads(signature['config'])))
+          keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+          diff[diff.index('config')] = f'config (keys differ: {keys})'
         if diff:
           raise ValueError(f'{workdir} (study {study_name!r}) holds a sweep with a different '
                            f'{", ".join(diff)}; use a new --workdir or --study_name, or the '
