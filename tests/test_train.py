@@ -496,3 +496,17 @@ def test_progress_in_a_log_file_is_one_line_per_evaluation(tmp_path):
   assert '\r' not in proc.stderr
   lines = [l for l in proc.stderr.splitlines() if ' epoch ' in l and 'members training' in l]
   assert [l.split(' epoch ')[1].split(':')[0] for l in lines] == ['2/6', '4/6', '6/6']
+
+
+def test_cli_all_checkpoints_unreadable_is_one_line(tmp_path):
+  work = tmp_path / 'run'
+  assert _run_cli(work, '--config.train.epochs=2').returncode == 0
+  (work / 'results.json').unlink()
+  for d in (work / 'checkpoints').iterdir():
+    _corrupt_files(d, 'garble')
+  proc = _run_cli(work, '--config.train.epochs=2')
+  assert proc.returncode == 2
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert 'Traceback' not in proc.stderr and 'Task exception' not in proc.stderr, proc.stderr
+  assert len(lines) <= 3 and lines[-1].startswith('error: no readable checkpoint')
+  assert str(work / 'checkpoints') in lines[-1]
