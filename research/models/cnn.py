@@ -12,6 +12,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models import register
+
 
 def as_channels_last(x: jnp.ndarray) -> jnp.ndarray:
   """A batch as a sequence of feature vectors: (B, T) -> (B, T, 1); (B, T, C)
@@ -160,6 +162,7 @@ class ConvFeatures1D(nn.Module):
     return h, lengths
 
 
+@register('cnn')
 class ConvNet1D(nn.Module):
   """Conv stack, flatten, linear head: MNIST-1D's ``ConvBase`` by default
   (3 conv layers of 25 channels, kernels 5/3/3, stride 2, padding 1; 40 -> 5 steps)."""
@@ -174,6 +177,7 @@ class ConvNet1D(nn.Module):
     return nn.Dense(self.num_outputs)(h.reshape(h.shape[0], -1))
 
 
+@register('fcn')
 class FCN(nn.Module):
   """Fully convolutional network for series classification (Wang, Yan & Oates
   2017, "Time series classification from scratch with deep neural networks: a

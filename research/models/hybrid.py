@@ -38,11 +38,13 @@ import jax.numpy as jnp
 import jax
 from jax import lax
 
+from research.models import register
 from research.models.cnn import (ConvFeatures1D, FrameFeatures, as_channels_last, conv2d_same,
                                  masked_mean, zero_padding)
 from research.models.recurrent import Recurrent, readout
 
 
+@register('cnn_rnn')
 class CNNRNN(nn.Module):
   """Conv stack (B, T, C) -> (B, T', F), recurrent layer over T', linear head."""
   channels: Sequence[int] = (25, 25)
@@ -73,6 +75,7 @@ class CNNRNN(nn.Module):
     return nn.Dense(self.num_outputs)(h)
 
 
+@register('lstm_fcn')
 class LSTMFCN(nn.Module):
   """FCN branch || LSTM branch -> concatenate -> linear head (Karim et al. 2018)."""
   channels: Sequence[int] = (128, 256, 128)
@@ -105,6 +108,7 @@ class LSTMFCN(nn.Module):
     return nn.Dense(self.num_outputs)(jnp.concatenate([conv, final], axis=-1))
 
 
+@register('lrcn')
 class LRCN(nn.Module):
   """Clips (B, T, H, W[, C]) -> per-frame CNN features (B, T, F) -> recurrent
   layer -> readout -> linear head; ``cell='none'``: mean over frames -> head."""
@@ -186,6 +190,7 @@ class ConvLSTMLayer(nn.Module):
     return jnp.swapaxes(hs, 0, 1)
 
 
+@register('convlstm')
 class ConvLSTM(nn.Module):
   """Clips (B, T, H, W[, C]) -> optional spatial max pool -> stacked ConvLSTM
   layers -> the last frame's hidden map, globally average-pooled -> linear head."""

@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import register
 from research.models.cells import make_cell
 from research.models.cnn import as_channels_last
 from research.models.fast_rnn import default_hoist, fast_scan, step_kind
@@ -265,6 +266,7 @@ class Recurrent(nn.Module):
     return h, jnp.concatenate(finals, axis=-1)
 
 
+@register('rnn')
 class RNNClassifier(nn.Module):
   """Recurrent stack over the sequence, then a linear head.
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models import register
 from research.models.cnn import zero_padding
 
 
+@register('linear')
 class Linear(nn.Module):
   """Flatten, then one dense layer (MNIST-1D's ``LinearBase``: 40 -> 10)."""
   num_outputs: int = 10
@@ -17,6 +19,7 @@ class Linear(nn.Module):
     return nn.Dense(self.num_outputs)(x.reshape(x.shape[0], -1))
 
 
+@register('mlp')
 class ResidualMLP(nn.Module):
   """``h1 = relu(W1 x); h2 = h1 + relu(W2 h1); y = W3 h2`` (MNIST-1D's ``MLPBase``)."""
   hidden: int = 100

@@ -17,10 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import register
 from research.models.cnn import ConvFeatures1D
 from research.models.recurrent import Recurrent
 
 
+@register('char_lm')
 class CharLM(nn.Module):
   """ids (B, T) int -> logits (B, T, vocab)."""
   embed: int = 32

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.models import register
+
 LIKELIHOODS = ('categorical', 'bernoulli', 'gaussian')
 NETWORKS = ('mlp', 'conv')
 LOG_2PI = math.log(2 * math.pi)
@@ -158,6 +160,7 @@ def _widths(name: str, value: Any, what: str, example: str) -> tuple[int, ...]:
   return tuple(int(v) for v in value)
 
 
+@register('vae')
 class VAE(nn.Module):
   """Encoder -> Gaussian posterior -> reparameterised sample -> decoder -> likelihood.
 
