@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from research.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -27,6 +29,7 @@ class Task:
   select_metric: str  # the validation metric used for early stopping / best
   select_mode: str  # 'max' or 'min'
   metrics: tuple[str, ...] = ('loss',)  # the per-example values a task reports
+  maximized: tuple[str, ...] = ()  # the metrics where higher is better (for task.select)
 
 
 def _classify(outputs, batch, hp):
@@ -159,46 +162,59 @@ def mean_over_batch(per: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
   return {k: jnp.sum(v * w) / total for k, v in per.items() if k != 'weight'}
 
 
-KINDS = ('classify', 'regress', 'sequence_classify', 'multilabel_sequence', 'elbo')
-
-
-MAXIMIZED = ('accuracy', 'seq_accuracy', 'within_tol')
+# Task kinds register a factory ``config.task -> Task`` (`research.registry`):
+# ``@register('kind')`` here or in any module imported before the config is used.
+TASKS: Registry[Callable[[ml_collections.ConfigDict], Task]] = Registry('task kind')
+register = TASKS.register
+KINDS = TASKS  # the registered kinds: iterable, ``kind in KINDS``
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
   """The task of ``config.kind``; ``config.select`` (optional) replaces its
   model-selection metric, e.g. 'loss' to select on the training loss when
   there is no validation split (the protocol of Fawaz et al. 2019 for UCR)."""
-  task = _make_task(config)
+  task = TASKS[config.kind](config)
   select = config.get('select', '')
   if select:
     if select not in task.metrics:
       raise ValueError(f'task.select={select!r} is not a metric of task {task.kind!r}; '
                        f'choose from {list(task.metrics)}')
     task = dataclasses.replace(task, select_metric=select,
-                               select_mode='max' if select in MAXIMIZED else 'min')
+                               select_mode='max' if select in task.maximized else 'min')
   return task
 
 
-def _make_task(config: ml_collections.ConfigDict) -> Task:
-  if config.kind == 'classify':
-    return Task('classify', _classify, ('task.label_smoothing',), 'accuracy', 'max',
-                ('loss', 'accuracy'))
-  if config.kind == 'regress':
-    tol = float(config.get('tolerance', 0.04))
-    return Task('regress', lambda o, b, hp: _regress(o, b, hp, tol), (), 'mse', 'min',
-                ('loss', 'mse', 'within_tol'))
-  if config.kind == 'sequence_classify':
-    return Task('sequence_classify', _sequence_classify, ('task.label_smoothing',),
-                'loss', 'min', ('loss', 'accuracy', 'seq_accuracy'))
-  if config.kind == 'multilabel_sequence':
-    return Task('multilabel_sequence', _multilabel_sequence, (), 'loss', 'min',
-                ('loss', 'accuracy'))
-  if config.kind == 'elbo':
-    anneal = config.get('anneal', 'none')
-    kl_weight(anneal, None, 0)  # validates the name
-    ratio = float(config.get('anneal_ratio', 0.5))
-    return Task('elbo', lambda o, b, hp: _elbo(o, b, hp, anneal, ratio),
-                ('task.beta', 'task.free_bits', 'task.anneal_steps'), 'nelbo', 'min',
-                ('loss', 'nelbo', 'recon', 'kl'))
-  raise ValueError(f'Unknown task kind {config.kind!r}; known: {list(KINDS)}')
+@register('classify')
+def _classify_task(config: ml_collections.ConfigDict) -> Task:
+  return Task('classify', _classify, ('task.label_smoothing',), 'accuracy', 'max',
+              ('loss', 'accuracy'), maximized=('accuracy',))
+
+
+@register('regress')
+def _regress_task(config: ml_collections.ConfigDict) -> Task:
+  tol = float(config.get('tolerance', 0.04))
+  return Task('regress', lambda o, b, hp: _regress(o, b, hp, tol), (), 'mse', 'min',
+              ('loss', 'mse', 'within_tol'), maximized=('within_tol',))
+
+
+@register('sequence_classify')
+def _sequence_classify_task(config: ml_collections.ConfigDict) -> Task:
+  return Task('sequence_classify', _sequence_classify, ('task.label_smoothing',),
+              'loss', 'min', ('loss', 'accuracy', 'seq_accuracy'),
+              maximized=('accuracy', 'seq_accuracy'))
+
+
+@register('multilabel_sequence')
+def _multilabel_sequence_task(config: ml_collections.ConfigDict) -> Task:
+  return Task('multilabel_sequence', _multilabel_sequence, (), 'loss', 'min',
+              ('loss', 'accuracy'), maximized=('accuracy',))
+
+
+@register('elbo')
+def _elbo_task(config: ml_collections.ConfigDict) -> Task:
+  anneal = config.get('anneal', 'none')
+  kl_weight(anneal, None, 0)  # validates the name
+  ratio = float(config.get('anneal_ratio', 0.5))
+  return Task('elbo', lambda o, b, hp: _elbo(o, b, hp, anneal, ratio),
+              ('task.beta', 'task.free_bits', 'task.anneal_steps'), 'nelbo', 'min',
+              ('loss', 'nelbo', 'recon', 'kl'))

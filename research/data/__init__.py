@@ -15,6 +15,8 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
+from research.registry import Registry
+
 Split = dict[str, np.ndarray]
 
 
@@ -47,31 +49,17 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float,
           {'x': x[val_idx], 'y': y[val_idx]})
 
 
-_LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Dataset]] = {}
-
-
-def register(name: str):
-  def wrap(fn):
-    _LOADERS[name] = fn
-    return fn
-  return wrap
+# Loaders register themselves, ``@register('name')`` above a function of
+# ``config.data`` returning a `Dataset`; this package's modules are imported on the
+# first lookup of an unregistered name (`research.registry`), so a module whose
+# optional package is missing fails only its own datasets.
+DATASETS: Registry[Callable[[ml_collections.ConfigDict], Dataset]] = Registry('dataset', __name__)
+register = DATASETS.register
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """Builds the dataset named by ``config.name``."""
-  # Import loaders lazily so a missing optional package only fails its own data.
-  from research.data import mnist1d  # noqa: F401
-  from research.data import synthetic  # noqa: F401
-  from research.data import digits  # noqa: F401
-  from research.data import music  # noqa: F401
-  from research.data import ucr  # noqa: F401
-  from research.data import video  # noqa: F401
-  from research.data import text  # noqa: F401
-  from research.data import forecast  # noqa: F401
-  if config.name not in _LOADERS:
-    raise ValueError(
-        f'Unknown dataset {config.name!r}; known: {sorted(_LOADERS)}')
-  ds = _LOADERS[config.name](config)
+  ds = DATASETS[config.name](config)
   check_finite(ds, describe(config, ds))
   fraction = float(config.get('train_fraction', 1.0))
   if fraction != 1.0:
