@@ -50,8 +50,8 @@ class Registry(Generic[T]):
 
   ``package``: the dotted name of a package whose modules register into this
   registry; they are imported lazily, on the first lookup of a name not yet
-  registered. Mapping-like: ``name in r``, ``r[name]``, ``r.get(name, default)``,
-  iteration over the sorted names, ``items()``.
+  registered. Mapping-like: ``name in r``, ``r[name]`` (an unknown name raises
+  `unknown`), ``r.get(name, default)``, iteration over the sorted names, ``items()``.
   """
 
   def __init__(self, kind: str, package: str | None = None):
@@ -91,13 +91,9 @@ class Registry(Generic[T]):
       raise self.unknown(name)
     return self._entries[name]
 
-  def get(self, name: str, default: Any = _MISSING) -> T:
-    """The entry ``name``; without a default an unknown name raises `unknown`."""
-    if self._find(name):
-      return self._entries[name]
-    if default is _MISSING:
-      raise self.unknown(name)
-    return default
+  def get(self, name: str, default: Any = None) -> T | Any:
+    """The entry ``name``, or ``default`` when there is none (``registry[name]`` raises)."""
+    return self._entries[name] if self._find(name) else default
 
   def __contains__(self, name: object) -> bool:
     return self._find(name)
