@@ -148,6 +148,25 @@ def get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:
   return node
 
 
+def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  """``config.a.b.c = value`` for ``dotted='a.b.c'``: the parents must exist (a
+  KeyError names the key otherwise); the last key is set, or added to an unlocked
+  config, with ml_collections' type checks."""
+  *parents, last = dotted.split('.')
+  node = get_path(config, '.'.join(parents)) if parents else config
+  if not isinstance(node, ml_collections.ConfigDict):
+    raise KeyError(f'Config key {".".join(parents)!r} is a value, not a section: cannot set '
+                   f'{dotted!r}')
+  node[last] = value
+
+
+def with_values(config: ml_collections.ConfigDict, values: dict[str, Any]) -> ml_collections.ConfigDict:
+  """``config`` with every dotted ``key: value`` of ``values`` set (`set_path`); returns it."""
+  for key, value in values.items():
+    set_path(config, key, value)
+  return config
+
+
 def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
   """Flattens a ConfigDict to ``{"a.b": value}``."""
   out = {}
