@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from research.masks import length_mask
 from research.registry import Registry
 
 
@@ -62,9 +63,7 @@ def _sequence_classify(outputs, batch, hp):
   """Per-step cross-entropy (B, T, C) vs y (B, T), averaged over each sequence's
   valid steps (all steps unless ``lengths`` is in the batch). ``seq_accuracy``
   is 1 when every valid step is right."""
-  T = batch['y'].shape[1]
-  valid = (jnp.arange(T)[None, :] < batch['lengths'][:, None]) if 'lengths' in batch \
-      else jnp.ones(batch['y'].shape, bool)
+  valid = length_mask(batch.get('lengths'), *batch['y'].shape[:2])
   n = jnp.maximum(valid.sum(-1), 1)
   labels = optax.smooth_labels(jax_one_hot(batch['y'], outputs.shape[-1]),
                                hp['task.label_smoothing'])
@@ -83,9 +82,7 @@ def _multilabel_sequence(outputs, batch, hp):
   accuracy of Bay et al. (2009) used by Boulanger-Lewandowski et al. (2012):
   TP / (TP + FP + FN) over the split's frames, here averaged per frame."""
   y = batch['y']
-  T = y.shape[1]
-  valid = (jnp.arange(T)[None, :] < batch['lengths'][:, None]) if 'lengths' in batch \
-      else jnp.ones(y.shape[:2], bool)
+  valid = length_mask(batch.get('lengths'), *y.shape[:2])
   n = jnp.maximum(valid.sum(-1), 1)
   nll = jnp.sum(optax.sigmoid_binary_cross_entropy(outputs, y), -1)  # (B, T)
   pred = outputs > 0

@@ -12,6 +12,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.masks import length_mask, masked_mean, zero_padding
+
 from research.models import register
 
 
@@ -84,30 +86,6 @@ class Conv1D(nn.Module):
 NORMS = ('none', 'batch', 'layer')
 
 
-def step_mask(lengths, time: int) -> jnp.ndarray:
-  """(B, T) bool: True at the valid steps of a right-padded batch."""
-  return jnp.arange(time)[None, :] < jnp.asarray(lengths)[:, None]
-
-
-def zero_padding(x: jnp.ndarray, lengths) -> jnp.ndarray:
-  """``x`` (B, T, ...) with every step at or beyond ``lengths`` set to zero
-  (``where``, so even inf / NaN in the padding does not survive); ``x`` itself
-  when ``lengths`` is None. Models call it on their input so that what the
-  padding holds never matters: our loaders zero-fill it, but nothing relies on that."""
-  if lengths is None:
-    return x
-  mask = step_mask(lengths, x.shape[1]).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
-  return jnp.where(mask, x, jnp.zeros((), x.dtype))
-
-
-def masked_mean(h: jnp.ndarray, lengths) -> jnp.ndarray:
-  """Mean over the valid steps of (B, T, C) -> (B, C) (global average pooling)."""
-  if lengths is None:
-    return h.mean(1)
-  mask = step_mask(lengths, h.shape[1])[..., None]
-  return jnp.sum(jnp.where(mask, h, 0), 1) / jnp.maximum(jnp.sum(mask, 1), 1)
-
-
 class ConvFeatures1D(nn.Module):
   """A stack of 1-D conv blocks in NWC layout: conv -> norm -> ReLU -> pool -> dropout.
 
@@ -140,13 +118,12 @@ class ConvFeatures1D(nn.Module):
     for c, k, s in zip(self.channels, self.kernels, self.strides, strict=True):
       conv = Conv1D(c, k, s, self.padding, use_bias=self.norm == 'none')
       h = conv(h)
-      mask = None
       if lengths is not None:
         lengths = conv.out_length(lengths)
-        mask = step_mask(lengths, h.shape[1])[..., None]
       if self.norm == 'batch':
-        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(
-            h, mask=None if mask is None else jnp.broadcast_to(mask, h.shape))
+        mask = None if lengths is None else jnp.broadcast_to(
+            length_mask(lengths, *h.shape[:2])[..., None], h.shape)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h, mask=mask)
       elif self.norm == 'layer':
         h = nn.LayerNorm()(h)
       h = nn.relu(h)
@@ -154,9 +131,7 @@ class ConvFeatures1D(nn.Module):
         h = nn.max_pool(h, (self.pool,), strides=(self.pool,))
         if lengths is not None:
           lengths = lengths // self.pool
-          mask = step_mask(lengths, h.shape[1])[..., None]
-      if mask is not None:
-        h = jnp.where(mask, h, jnp.zeros((), h.dtype))
+      h = zero_padding(h, lengths)
       if self.dropout:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return h, lengths
@@ -313,7 +288,7 @@ class FrameFeatures(nn.Module):
     if x.ndim not in (4, 5):
       raise ValueError(f'FrameFeatures: expected clips (B, T, H, W[, C]), got shape {x.shape}')
     B, T = x.shape[:2]
-    mask = None if lengths is None else step_mask(lengths, T).reshape(B * T)
+    mask = None if lengths is None else length_mask(lengths, B, T).reshape(B * T)
     x = zero_padding(x, lengths)
     h = ConvFeatures2D(self.channels, self.kernel, self.norm, self.pool, self.dropout,
                        self.readout, train=train, name='frame')(

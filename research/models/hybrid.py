@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import jax
 from jax import lax
 
+from research.masks import masked_mean, zero_padding
 from research.models import register
-from research.models.cnn import (ConvFeatures1D, FrameFeatures, as_channels_last, conv2d_same,
-                                 masked_mean, zero_padding)
+from research.models.cnn import ConvFeatures1D, FrameFeatures, as_channels_last, conv2d_same
 from research.models.recurrent import Recurrent, readout
 
 

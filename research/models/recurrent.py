@@ -40,16 +40,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.masks import length_mask, masked_mean
 from research.models import register
 from research.models.cells import make_cell
 from research.models.cnn import as_channels_last
 from research.models.fast_rnn import default_hoist, fast_scan, step_kind
-
-
-def length_mask(lengths: jnp.ndarray | None, batch: int, time: int) -> jnp.ndarray:
-  if lengths is None:
-    return jnp.ones((batch, time), bool)
-  return jnp.arange(time)[None, :] < jnp.asarray(lengths)[:, None]
 
 
 def reverse_valid(x: jnp.ndarray, lengths: jnp.ndarray | None) -> jnp.ndarray:
@@ -308,6 +303,5 @@ def readout(h, final, lengths, kind: str):
   if kind == 'sequence':
     return h
   if kind == 'mean':
-    mask = length_mask(lengths, h.shape[0], h.shape[1])[..., None]
-    return jnp.sum(h * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1)
+    return masked_mean(h, lengths)
   raise ValueError(f"readout must be 'flatten', 'last', 'mean' or 'sequence', got {kind!r}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.masks import zero_padding
 from research.models import register
-from research.models.cnn import zero_padding
 
 
 @register('linear')
