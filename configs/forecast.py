@@ -16,9 +16,10 @@ from research.defaults import base_config
 
 MODELS = {
     'conv_lstm': dict(name='cnn_rnn', channels=(32, 32), kernels=(3, 3), strides=(1, 1),
-                      padding='same', cell='lstm', hidden=32, bidirectional=False,
+                      padding='same', rnn=dict(cell='lstm', hidden=32, bidirectional=False),
                       readout='last'),
-    'lstm': dict(name='rnn', cell='lstm', hidden=48, bidirectional=False, readout='last'),
+    'lstm': dict(name='rnn', rnn=dict(cell='lstm', hidden=48, bidirectional=False),
+                 readout='last'),
     'mlp': dict(name='mlp', hidden=128),
 }
 VARIANTS = dict(model=configlib.one_of('conv_lstm', MODELS),

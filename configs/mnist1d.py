@@ -15,9 +15,9 @@ MODELS = {
     'linear': dict(name='linear'),
     'mlp': dict(name='mlp', hidden=100),
     'cnn': dict(name='cnn', channels=(25, 25, 25), kernels=(5, 3, 3), strides=(2, 2, 2)),
-    'gru': dict(name='rnn', cell='gru', hidden=6, bidirectional=True, readout='flatten'),
+    'gru': dict(name='rnn', rnn=dict(cell='gru', hidden=6, bidirectional=True), readout='flatten'),
     'cnn_gru': dict(name='cnn_rnn', channels=(25, 25), kernels=(5, 3), strides=(2, 2),
-                    cell='gru', hidden=16, bidirectional=True, readout='flatten'),
+                    rnn=dict(cell='gru', hidden=16, bidirectional=True), readout='flatten'),
 }
 VARIANTS = dict(model=configlib.one_of('cnn', MODELS), quick=False)
 

@@ -48,9 +48,10 @@ def get_config(arg=None):
   c.data.source = a.source  # 'mat' | 'music21'
   c.data.cache = a.cache  # music21 only; '' = ~/.cache/research/
   cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
-  c.model = configlib.model(dict(name='rnn', cell=a.cell, hidden=hidden, num_layers=1,
-                                 bidirectional=False, readout='sequence', truncation=0,
-                                 cell_options=cell_options))
+  c.model = configlib.model(dict(
+      name='rnn', readout='sequence',
+      rnn=dict(cell=a.cell, hidden=hidden, num_layers=1, bidirectional=False, truncation=0,
+               cell_options=cell_options)))
   c.task.kind = 'multilabel_sequence'
   c.optim.name = 'adam'
   c.optim.lr = a.lr

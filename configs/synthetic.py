@@ -49,10 +49,10 @@ def get_config(arg=None):
   for k, v in data_opts.items():
     c.data[k] = v
   cell_options = {'variant': a.variant} if a.cell == 'lstm' else {}
-  c.model = configlib.model(dict(name='rnn', cell=a.cell, hidden=a.hidden, num_layers=1,
-                                 bidirectional=False, readout=readout, truncation=a.trunc,
-                                 truncation_k2=a.k2,
-                                 cell_options=cell_options))
+  c.model = configlib.model(dict(
+      name='rnn', readout=readout,
+      rnn=dict(cell=a.cell, hidden=a.hidden, num_layers=1, bidirectional=False,
+               truncation=a.trunc, truncation_k2=a.k2, cell_options=cell_options)))
   c.task.kind = kind
   if a.task in TOLERANCE:
     c.task.tolerance = TOLERANCE[a.task]

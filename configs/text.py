@@ -13,11 +13,12 @@ from research import configlib
 from research.defaults import base_config
 
 MODELS = {
-    'cnn_lstm': dict(name='char_lm', embed=32, channels=(128,), kernels=(5,), cell='lstm',
-                     hidden=128),
-    'lstm': dict(name='char_lm', embed=32, channels=(), kernels=(), cell='lstm', hidden=170),
+    'cnn_lstm': dict(name='char_lm', embed=32, channels=(128,), kernels=(5,),
+                     rnn=dict(cell='lstm', hidden=128)),
+    'lstm': dict(name='char_lm', embed=32, channels=(), kernels=(),
+                 rnn=dict(cell='lstm', hidden=170)),
     'cnn': dict(name='char_lm', embed=32, channels=(128, 128, 128), kernels=(5, 5, 5),
-                cell='none'),
+                rnn=dict(cell='none')),
 }
 VARIANTS = dict(model=configlib.one_of('cnn_lstm', MODELS), seq_len=100, epochs=10, quick=False)
 

@@ -26,13 +26,13 @@ from research.defaults import base_config
 
 MODELS = {
     'fcn': dict(name='fcn', channels=(128, 256, 128), kernels=(8, 5, 3), norm='batch'),
-    'lstm_fcn': dict(name='lstm_fcn', hidden=8, lstm_input='shuffle', dropout=0.8),
-    'lstm_fcn_t': dict(name='lstm_fcn', hidden=8, lstm_input='temporal', dropout=0.8),
+    'lstm_fcn': dict(name='lstm_fcn', rnn=dict(hidden=8), lstm_input='shuffle', dropout=0.8),
+    'lstm_fcn_t': dict(name='lstm_fcn', rnn=dict(hidden=8), lstm_input='temporal', dropout=0.8),
     'conv_lstm': dict(name='cnn_rnn', channels=(64, 64, 64, 64), kernels=(5, 5, 5, 5),
-                      strides=(1, 1, 1, 1), padding='same', norm='batch', cell='lstm',
-                      hidden=128, num_layers=2, bidirectional=False, readout='last',
-                      dropout=0.5),
-    'lstm': dict(name='rnn', cell='lstm', hidden=128, num_layers=2, bidirectional=False,
+                      strides=(1, 1, 1, 1), padding='same', norm='batch',
+                      rnn=dict(cell='lstm', hidden=128, num_layers=2, bidirectional=False),
+                      readout='last', dropout=0.5),
+    'lstm': dict(name='rnn', rnn=dict(cell='lstm', hidden=128, num_layers=2, bidirectional=False),
                  readout='last'),
     'mlp': dict(name='mlp', hidden=400, dropout=0.1),
 }

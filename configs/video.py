@@ -16,10 +16,11 @@ from research.data.video import LABELS
 from research.defaults import base_config
 
 MODELS = {
-    'lrcn': dict(name='lrcn', channels=(16, 32), kernel=3, norm='batch', pool=2, cell='lstm',
-                 hidden=64, readout='last'),
-    'cnn': dict(name='lrcn', channels=(40, 72), kernel=3, norm='batch', pool=2, cell='none'),
-    'lstm': dict(name='rnn', cell='lstm', hidden=24, bidirectional=False, readout='last'),
+    'lrcn': dict(name='lrcn', channels=(16, 32), kernel=3, norm='batch', pool=2,
+                 rnn=dict(cell='lstm', hidden=64), readout='last'),
+    'cnn': dict(name='lrcn', channels=(40, 72), kernel=3, norm='batch', pool=2,
+                rnn=dict(cell='none')),
+    'lstm': dict(name='rnn', rnn=dict(cell='lstm', hidden=24, bidirectional=False), readout='last'),
     'mlp': dict(name='mlp', hidden=14),
     'convlstm': dict(name='convlstm', features=(24,), kernel=3, input_pool=2),
 }

@@ -125,17 +125,21 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 def model(options: dict[str, Any]) -> ml_collections.ConfigDict:
   """A ``config.model`` ConfigDict from a dict of model options.
 
-  Models with a recurrent layer get ``fast=True`` unless the dict sets it, so
-  ``--config.model.fast=False`` (the autodiff scan instead of
-  `research.models.fast_rnn`; same values and gradients) works on any config.
+  A model with a recurrent layer (an ``rnn`` field) gets the whole ``model.rnn``
+  sub-config: every option of `research.models.recurrent.Recurrent` with the value
+  its layer would get (`recurrent.rnn_config`: the given ``rnn`` over the model's
+  defaults over Recurrent's), so ``--config.model.rnn.fast=False`` (the autodiff scan
+  instead of `research.models.fast_rnn`), ``--config.model.rnn.truncation=20`` or
+  ``--config.model.rnn.collect_gates=True`` work on any such config.
   """
   import dataclasses
 
   from research.models import MODELS
+  from research.models.recurrent import rnn_config
   options = dict(options)
   cls = MODELS.get(options.get('name'))
-  if cls is not None and 'fast' in {f.name for f in dataclasses.fields(cls)}:
-    options.setdefault('fast', True)
+  if cls is not None and 'rnn' in {f.name for f in dataclasses.fields(cls)}:
+    options['rnn'] = rnn_config(cls, options.get('rnn'))
   return ml_collections.ConfigDict(options)
 
 

@@ -19,7 +19,7 @@
 * `LRCN`: a 2-D CNN applied to every frame (`research.models.cnn.FrameFeatures`,
   the B * T frames as one batch), then a recurrent layer over the frame features
   (Donahue et al. 2015, "Long-term Recurrent Convolutional Networks for Visual
-  Recognition and Description"). ``cell='none'`` averages the frame features
+  Recognition and Description"). ``rnn.cell='none'`` averages the frame features
   over time instead: the CNN-only ablation, blind to frame order. Clips
   right-padded in time are masked by ``lengths``: padded frames are left out
   of batch-norm statistics, the recurrent carry and the averages.
@@ -27,26 +27,32 @@
   convolutions (Shi et al. 2015, "Convolutional LSTM Network: A Machine
   Learning Approach for Precipitation Nowcasting", eq. 3), with the paper's
   peepholes as an option; without them it is Flax's ``nn.ConvLSTMCell``.
+
+The recurrent layer of `CNNRNN`, `LSTMFCN` and `LRCN` is a
+`research.models.recurrent.Recurrent` built from the model's one ``rnn`` field
+(cell, hidden, num_layers, bidirectional, truncation, cell_options, fast, ...;
+`recurrent.rnn_options`), so every option of the layer reaches every model.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
-
 import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
 from jax import lax
 
 from research.masks import masked_mean, zero_padding
 from research.models import register
 from research.models.cnn import ConvFeatures1D, FrameFeatures, as_channels_last, conv2d_same
-from research.models.recurrent import Recurrent, readout
+from research.models.recurrent import Recurrent, head, recurrent_head, rnn_options
 
 
 @register('cnn_rnn')
 class CNNRNN(nn.Module):
-  """Conv stack (B, T, C) -> (B, T', F), recurrent layer over T', linear head."""
+  """Conv stack (B, T, C) -> (B, T', F), recurrent layer over T', linear head.
+  ``rnn``: `Recurrent`'s options over this field's defaults (`recurrent.rnn_options`)."""
   channels: Sequence[int] = (25, 25)
   kernels: Sequence[int] = (5, 3)
   strides: Sequence[int] = (2, 2)
@@ -54,39 +60,29 @@ class CNNRNN(nn.Module):
   norm: str = 'none'
   pool: int = 0
   conv_dropout: float = 0.0
-  cell: str = 'gru'
-  hidden: int = 16
-  num_layers: int = 1
-  bidirectional: bool = True
+  rnn: Mapping[str, Any] = FrozenDict(cell='gru', hidden=16, bidirectional=True)
   readout: str = 'flatten'
   dropout: float = 0.0  # on the recurrent features before the head
-  cell_options: Any = None
-  fast: bool = True  # research.models.fast_rnn where it applies (False: autodiff scan)
   num_outputs: int = 10
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):
     h, lengths = ConvFeatures1D(self.channels, self.kernels, self.strides, self.padding,
                                 self.norm, self.pool, self.conv_dropout)(x, train, lengths)
-    h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
-                         cell_options=self.cell_options, fast=self.fast)(h, lengths)
-    h = readout(h, final, lengths, self.readout)
-    h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
-    return nn.Dense(self.num_outputs)(h)
+    return recurrent_head(h, lengths, rnn_options(type(self), self.rnn), self.readout,
+                          self.num_outputs, self.dropout, train)
 
 
 @register('lstm_fcn')
 class LSTMFCN(nn.Module):
-  """FCN branch || LSTM branch -> concatenate -> linear head (Karim et al. 2018)."""
+  """FCN branch || LSTM branch -> concatenate -> linear head (Karim et al. 2018).
+  ``rnn``: the LSTM branch's `Recurrent` options over this field's defaults."""
   channels: Sequence[int] = (128, 256, 128)
   kernels: Sequence[int] = (8, 5, 3)
   norm: str = 'batch'
-  cell: str = 'lstm'
-  hidden: int = 8
+  rnn: Mapping[str, Any] = FrozenDict(cell='lstm', hidden=8)
   lstm_input: str = 'shuffle'  # 'shuffle' (the paper) | 'temporal'
   dropout: float = 0.8  # after the LSTM branch, as in the paper
-  cell_options: Any = None
-  fast: bool = True
   num_outputs: int = 2
 
   @nn.compact
@@ -95,13 +91,11 @@ class LSTMFCN(nn.Module):
     conv, conv_lengths = ConvFeatures1D(self.channels, self.kernels, (1,) * len(self.channels),
                                         padding='same', norm=self.norm)(x, train, lengths)
     conv = masked_mean(conv, conv_lengths)
+    lstm = Recurrent(**rnn_options(type(self), self.rnn))
     if self.lstm_input == 'shuffle':
-      _, final = Recurrent(self.cell, self.hidden, bidirectional=False,
-                           cell_options=self.cell_options,
-                           fast=self.fast)(jnp.swapaxes(x, 1, 2))
+      _, final = lstm(jnp.swapaxes(x, 1, 2))
     elif self.lstm_input == 'temporal':
-      _, final = Recurrent(self.cell, self.hidden, bidirectional=False,
-                           cell_options=self.cell_options, fast=self.fast)(x, lengths)
+      _, final = lstm(x, lengths)
     else:
       raise ValueError(f"lstm_input must be 'shuffle' or 'temporal', got {self.lstm_input!r}")
     final = nn.Dropout(self.dropout, deterministic=not train)(final) if self.dropout else final
@@ -111,35 +105,27 @@ class LSTMFCN(nn.Module):
 @register('lrcn')
 class LRCN(nn.Module):
   """Clips (B, T, H, W[, C]) -> per-frame CNN features (B, T, F) -> recurrent
-  layer -> readout -> linear head; ``cell='none'``: mean over frames -> head."""
+  layer -> readout -> linear head; ``rnn.cell='none'``: mean over frames -> head.
+  ``rnn``: `Recurrent`'s options over this field's defaults (`recurrent.rnn_options`)."""
   channels: Sequence[int] = (16, 32)
   kernel: int = 3
   norm: str = 'batch'
   pool: int = 2
   frame_readout: str = 'mean'  # per frame: global average pool or flatten
   conv_dropout: float = 0.0
-  cell: str = 'lstm'  # a recurrent cell, or 'none' (CNN only)
-  hidden: int = 64
-  num_layers: int = 1
-  bidirectional: bool = False
+  rnn: Mapping[str, Any] = FrozenDict(cell='lstm', hidden=64)  # cell 'none': CNN only
   readout: str = 'last'
   dropout: float = 0.0
-  cell_options: Any = None
-  fast: bool = True
   num_outputs: int = 10
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):
     h = FrameFeatures(self.channels, self.kernel, self.norm, self.pool, self.conv_dropout,
                       self.frame_readout)(x, train, lengths)
-    if self.cell == 'none':
-      h = masked_mean(h, lengths)
-    else:
-      h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
-                           cell_options=self.cell_options, fast=self.fast)(h, lengths)
-      h = readout(h, final, lengths, self.readout)
-    h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
-    return nn.Dense(self.num_outputs)(h)
+    rnn = rnn_options(type(self), self.rnn)
+    if rnn['cell'] == 'none':
+      return head(masked_mean(h, lengths), self.num_outputs, self.dropout, train)
+    return recurrent_head(h, lengths, rnn, self.readout, self.num_outputs, self.dropout, train)
 
 
 class ConvLSTMLayer(nn.Module):
@@ -215,6 +201,4 @@ class ConvLSTM(nn.Module):
       h = h.reshape((B, T) + h.shape[1:])
     for f in self.features:
       h = ConvLSTMLayer(f, self.kernel, self.peepholes)(h)
-    h = h[:, -1].mean((1, 2))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
-    return nn.Dense(self.num_outputs)(h)
+    return head(h[:, -1].mean((1, 2)), self.num_outputs, self.dropout, train)

@@ -34,11 +34,13 @@ every layer and direction as it is traced.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from research.masks import length_mask, masked_mean
 from research.models import register
@@ -254,45 +256,78 @@ class Recurrent(nn.Module):
         else:
           ys, aux, _ = scan_cell(step, xp, c0, mask, self.truncation, self.unroll, probe)
         if self.collect_gates:
-          self.sow('intermediates', f'gates_layer{layer}_{direction}', aux)
+          self.sow('intermediates', f'{GATES}layer{layer}_{direction}', aux)
         finals.append(last_valid(ys, lengths))
         outs.append(ys if direction == 'fwd' else reverse_valid(ys, lengths))
       h = jnp.concatenate(outs, axis=-1)
     return h, jnp.concatenate(finals, axis=-1)
 
 
+# Recurrent's options (its dataclass fields): what a model's ``rnn`` field may set.
+RNN_OPTIONS = tuple(f.name for f in dataclasses.fields(Recurrent)
+                    if f.name not in ('parent', 'name'))
+GATES = 'gates_'  # Recurrent sows gate activations as 'gates_layer<l>_<fwd|bwd>' ('intermediates')
+
+
+def rnn_options(model: type[nn.Module], rnn: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Keyword arguments of `Recurrent` for a model class with an ``rnn`` field: ``rnn``
+  (the instance's field, or a config's ``model.rnn``) over the field's default, so a
+  caller names only the options that differ from the model's own. A key that is not
+  an option of `Recurrent` (`RNN_OPTIONS`) is a ValueError naming it."""
+  default = next(f.default for f in dataclasses.fields(model) if f.name == 'rnn')
+  options = {**default, **(rnn or {})}
+  unknown = sorted(set(options) - set(RNN_OPTIONS))
+  if unknown:
+    raise ValueError(f'{model.__name__}: rnn has no option(s) {unknown}; '
+                     f'Recurrent takes {", ".join(RNN_OPTIONS)}')
+  return options
+
+
+def rnn_config(model: type[nn.Module], rnn: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Every option of `Recurrent` that has a value, as the layer of ``model`` gets it
+  (`rnn_options` over Recurrent's own defaults): the ``model.rnn`` sub-config, in which
+  any option can then be changed (``--config.model.rnn.truncation=20``)."""
+  own = {f.name: f.default for f in dataclasses.fields(Recurrent) if f.name in RNN_OPTIONS}
+  return {k: v for k, v in {**own, **rnn_options(model, rnn)}.items() if v is not None}
+
+
+def head(h, num_outputs: int, dropout: float = 0.0, train: bool = False):
+  """Dropout (when > 0) -> Dense(num_outputs). Called inside a model's compact
+  ``__call__``: the modules are the caller's own (``Dropout_0``, ``Dense_0``)."""
+  h = nn.Dropout(dropout, deterministic=not train)(h) if dropout else h
+  return nn.Dense(num_outputs)(h)
+
+
+def recurrent_head(h, lengths, rnn: Mapping[str, Any], readout_kind: str, num_outputs: int,
+                   dropout: float = 0.0, train: bool = False):
+  """``Recurrent(**rnn)`` over (B, T, F) -> `readout` -> `head`, inside the caller's
+  compact ``__call__``, so its parameters are ``Recurrent_0`` and ``Dense_0`` of the
+  calling model."""
+  h, final = Recurrent(**rnn)(h, lengths)
+  return head(readout(h, final, lengths, readout_kind), num_outputs, dropout, train)
+
+
 @register('rnn')
 class RNNClassifier(nn.Module):
   """Recurrent stack over the sequence, then a linear head.
 
+  ``rnn``: the options of `Recurrent` (cell, hidden, num_layers, bidirectional,
+  truncation, unroll, collect_gates, probe_carry, cell_options, fast, ...); keys not
+  given keep this field's defaults (`rnn_options`).
   ``readout='flatten'`` concatenates the outputs of every step, as MNIST-1D's
   ``GRUBase`` (bidirectional GRU, hidden 6, linear over 40 * 12 features) does;
   ``'last'`` uses each sequence's last valid output (both directions), ``'mean'``
   the mean over valid steps, ``'sequence'`` applies the head at every step
   (outputs (B, T, num_outputs), for per-step targets).
   """
-  cell: str = 'gru'
-  hidden: int = 6
-  num_layers: int = 1
-  bidirectional: bool = True
+  rnn: Mapping[str, Any] = FrozenDict(cell='gru', hidden=6, bidirectional=True)
   readout: str = 'flatten'
-  truncation: int = 0
-  truncation_k2: int = 0
-  cell_options: Any = None
   num_outputs: int = 10
-  unroll: int = 1  # time steps per scan iteration (speed only; the values are the same)
-  probe_carry: bool = False  # for gradient-flow diagnostics (research.analysis.gradients)
-  collect_gates: bool = False  # sow gate activations in 'intermediates' (analysis.gradients)
-  fast: bool = True  # research.models.fast_rnn where it applies (same values and gradients)
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):
-    x = as_channels_last(x)
-    h, final = Recurrent(self.cell, self.hidden, self.num_layers, self.bidirectional,
-                         self.truncation, self.truncation_k2, unroll=self.unroll,
-                         collect_gates=self.collect_gates, probe_carry=self.probe_carry,
-                         cell_options=self.cell_options, fast=self.fast)(x, lengths)
-    return nn.Dense(self.num_outputs)(readout(h, final, lengths, self.readout))
+    return recurrent_head(as_channels_last(x), lengths, rnn_options(type(self), self.rnn),
+                          self.readout, self.num_outputs)
 
 
 def readout(h, final, lengths, kind: str):

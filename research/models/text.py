@@ -1,7 +1,7 @@
 """Character language models and sampling from them.
 
 `CharLM`: embedding -> causal 1-D conv blocks (none for ``channels=()``) ->
-recurrent layer (none for ``cell='none'``) -> a next-character softmax at
+recurrent layer (none for ``rnn.cell='none'``) -> a next-character softmax at
 every step. Every stage is causal, so the output at step t depends on
 characters <= t only (tested): the three ablations of the `text` study are
 CNN + LSTM (a char CNN-LSTM, the "predictive text" hybrid), LSTM only and
@@ -11,15 +11,16 @@ CNN only (a receptive field of sum(k - 1) + 1 characters).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from research.models import register
 from research.models.cnn import ConvFeatures1D
-from research.models.recurrent import Recurrent
+from research.models.recurrent import head, recurrent_head, rnn_options
 
 
 @register('char_lm')
@@ -30,12 +31,10 @@ class CharLM(nn.Module):
   kernels: Sequence[int] = (5,)
   norm: str = 'none'
   conv_dropout: float = 0.0
-  cell: str = 'lstm'  # or 'none': the conv features go straight to the head
-  hidden: int = 256
-  num_layers: int = 1
+  # `Recurrent`'s options over these defaults (`recurrent.rnn_options`); cell 'none': the
+  # conv features go straight to the head
+  rnn: Mapping[str, Any] = FrozenDict(cell='lstm', hidden=256)
   dropout: float = 0.0
-  cell_options: Any = None
-  fast: bool = True  # research.models.fast_rnn where it applies (False: autodiff scan)
   num_outputs: int = 100  # the vocabulary size
 
   @nn.compact
@@ -48,15 +47,17 @@ class CharLM(nn.Module):
     if self.channels and len(self.kernels) != len(self.channels):
       raise ValueError(f'CharLM: {len(self.channels)} conv channels but {len(self.kernels)} '
                        'kernel sizes')
+    rnn = rnn_options(type(self), self.rnn)
+    if rnn.get('bidirectional'):
+      raise ValueError("CharLM: a bidirectional layer would read the characters it predicts; "
+                       'set rnn.bidirectional=False')
     h = nn.Embed(self.num_outputs, self.embed)(x)
     if self.channels:
       h, lengths = ConvFeatures1D(self.channels, self.kernels, (1,) * len(self.channels),
                                   'causal', self.norm, 0, self.conv_dropout)(h, train, lengths)
-    if self.cell != 'none':
-      h, _ = Recurrent(self.cell, self.hidden, self.num_layers,
-                       cell_options=self.cell_options, fast=self.fast)(h, lengths)
-    h = nn.Dropout(self.dropout, deterministic=not train)(h) if self.dropout else h
-    return nn.Dense(self.num_outputs)(h)
+    if rnn['cell'] == 'none':
+      return head(h, self.num_outputs, self.dropout, train)
+    return recurrent_head(h, lengths, rnn, 'sequence', self.num_outputs, self.dropout, train)
 
 
 def sample(model: nn.Module, variables, prime: jnp.ndarray, length: int, rng,
