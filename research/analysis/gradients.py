@@ -5,18 +5,21 @@
   of zero probes added to the carry (`Recurrent(probe_carry=True)`). Plotted
   against the time lag T - t it shows gradients vanish (decay) or explode.
 * `gate_statistics`: mean activation and saturation fractions of each gate,
-  from the activations `Recurrent(collect_gates=True)` stores.
+  from the activations `Recurrent(collect_gates=True)` stores (config
+  ``model.rnn.collect_gates``), found by path in any model (`find_gates`).
 * `step_jacobian_norms`: spectral norm of d carry_t / d carry_{t-1} along a
   trajectory, for one sequence.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+
+from research.models.recurrent import GATES
 
 
 def carry_gradient_norms(apply: Callable, variables: dict, loss: Callable) -> dict[str, np.ndarray]:
@@ -38,13 +41,48 @@ def carry_gradient_norms(apply: Callable, variables: dict, loss: Callable) -> di
   return out
 
 
-def gate_statistics(intermediates: dict, low: float = 0.1, high: float = 0.9,
+def find_gates(intermediates: Mapping) -> dict[str, dict]:
+  """Every set of gate activations `Recurrent(collect_gates=True)` sowed, wherever the
+  layer sits in the model: ``{path: {gate: (B, T, H)}}``, the path below
+  ``intermediates`` ending in the sown name, e.g. ``'Recurrent_0/gates_layer0_fwd'``
+  for a model's ``intermediates`` collection (any model with a recurrent layer) or
+  ``'gates_layer0_fwd'`` for a bare `Recurrent`'s."""
+  found = _find(intermediates, lambda key, value: key.startswith(GATES)
+                and not isinstance(value, Mapping))
+  return {path: aux for path, (aux,) in found.items()}  # sow keeps a tuple of the values
+
+
+def layer_params(params: Mapping, layer: str = 'layer0_fwd') -> Mapping:
+  """The parameters of one layer and direction (``'layer<l>_<fwd|bwd>'``, a cell's
+  name inside `Recurrent`) of the one recurrent layer in a model's ``params``,
+  found by path (``params['Recurrent_0']['layer0_fwd']`` for an ``rnn`` model)."""
+  found = _find(params, lambda key, value: key == layer and isinstance(value, Mapping))
+  if len(found) != 1:
+    raise ValueError(f'expected one recurrent {layer!r} in the parameters, found {sorted(found)}')
+  return next(iter(found.values()))
+
+
+def _find(tree: Mapping, match: Callable[[str, Any], bool], prefix: str = '') -> dict[str, Any]:
+  """{path: value} of the entries of nested mappings for which ``match(key, value)``
+  holds (paths joined with '/'; a match is not searched further)."""
+  found = {}
+  for key, value in tree.items():
+    path = f'{prefix}{key}'
+    if match(str(key), value):
+      found[path] = value
+    elif isinstance(value, Mapping):
+      found.update(_find(value, match, path + '/'))
+  return found
+
+
+def gate_statistics(intermediates: Mapping, low: float = 0.1, high: float = 0.9,
                     mask: np.ndarray | None = None) -> dict[str, dict]:
   """{layer/gate: {mean, frac_below_low, frac_above_high}} over all units and the steps
   where ``mask`` (B, T) is true (all steps without it), e.g. the valid frames of a
-  right-padded batch."""
+  right-padded batch. ``intermediates``: a model's ``intermediates`` collection, or a
+  part of it; every recurrent layer in it counts (`find_gates`, whose paths name them)."""
   stats = {}
-  for layer, (aux,) in intermediates.items():
+  for layer, aux in find_gates(intermediates).items():
     for gate, a in aux.items():
       if gate == 'c':
         continue

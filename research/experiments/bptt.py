@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import cli, results
-from research.analysis.gradients import carry_gradient_norms, step_jacobian_norms
+from research.analysis.gradients import carry_gradient_norms, layer_params, step_jacobian_norms
 from research.data import load_dataset
 from research.experiments.common import train_variant, variant_config, write_report
 from research.models import build_model
@@ -189,7 +189,7 @@ def gradient_profiles(T: int, radii=(0.8, 1.0, 1.2), batch: int = 100) -> dict[s
   variants += [('elman', {'spectral_radius': r}, f'tanh RNN, radius {r:g}') for r in radii]
   for cell, options, label in variants:
     c = cli.load_config('configs/synthetic.py', _arg('temporal_order', cell, T))
-    c.model.cell_options = {**c.model.cell_options.to_dict(), **options}
+    c.model.rnn.cell_options = {**c.model.rnn.cell_options.to_dict(), **options}
     out[label] = _carry_profile(c, batch)
   return out
 
@@ -232,8 +232,9 @@ def _jacobian_norms(c, params=None) -> np.ndarray:
   x = jnp.asarray(ds.test['x'])
   if params is None:
     params = build_model(c.model, ds.info).init(jax.random.PRNGKey(0), x)['params']
-  cell = make_cell(c.model.cell, c.model.hidden, **c.model.cell_options.to_dict())
-  xp, step, carry0 = cell.apply({'params': params['Recurrent_0']['layer0_fwd']}, x)
+  rnn = c.model.rnn
+  cell = make_cell(rnn.cell, rnn.hidden, **rnn.cell_options.to_dict())
+  xp, step, carry0 = cell.apply({'params': layer_params(params, 'layer0_fwd')}, x)
   return step_jacobian_norms(step, carry0(1), xp[0])
 
 
@@ -241,7 +242,7 @@ def _carry_profile(c, batch: int, params=None) -> np.ndarray:
   """Mean over ``batch`` fresh test sequences of ||dL/d h_t|| for each t, with the
   model's initial parameters or ``params``."""
   c.data.num_train, c.data.num_val, c.data.num_test = 1, 0, batch
-  c.model.probe_carry = True
+  c.model.rnn.probe_carry = True
   ds = load_dataset(c.data)
   model = build_model(c.model, ds.info)
   task = make_task(c.task)
@@ -253,7 +254,7 @@ def _carry_profile(c, batch: int, params=None) -> np.ndarray:
       logits, {'y': jnp.asarray(ds.test['y'])}, {'task.label_smoothing': 0.0})['loss'].mean()
   norms = carry_gradient_norms(lambda v: model.apply(v, x), variables, loss)
   # The LSTM carry is (c_t, h_t): take h_t, the output the next step and the loss see.
-  if c.model.cell == 'lstm':
+  if c.model.rnn.cell == 'lstm':
     return norms[next(k for k in norms if k.endswith('/1'))]
   return norms[next(iter(norms))]
 

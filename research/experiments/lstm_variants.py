@@ -149,7 +149,7 @@ def best_trial_gates(trials: list[dict], configs: dict) -> dict[str, dict]:
 
   from research.analysis.gradients import gate_statistics
   from research.models import build_model
-  from research.models.recurrent import length_mask
+  from research.masks import length_mask
   from research.train import load_trained
   out = {}
   for variant in dict.fromkeys(t['variant'] for t in trials):
@@ -161,13 +161,13 @@ def best_trial_gates(trials: list[dict], configs: dict) -> dict[str, dict]:
     config, wd = configs[(variant, best['hidden'])]
     _, ds, _, state = load_trained(config, wd)
     c = config.copy_and_resolve_references()
-    c.model.collect_gates = True
+    c.model.rnn.collect_gates = True
     model = build_model(c.model, ds.info)
     params = jax.tree.map(lambda a: a[best['member']], state.best_params)
     x, lengths = jnp.asarray(ds.test['x']), jnp.asarray(ds.test['lengths'])
     _, inter = model.apply({'params': params}, x, lengths=lengths, mutable=['intermediates'])
     mask = np.asarray(length_mask(lengths, x.shape[0], x.shape[1]))
-    stats = gate_statistics(inter['intermediates']['Recurrent_0'], mask=mask)
+    stats = gate_statistics(inter['intermediates'], mask=mask)  # the one recurrent layer
     out[variant] = {'hidden': best['hidden'], 'member': best['member'],
                     **{k.split('/')[-1]: v for k, v in stats.items()}}
   return out
