@@ -28,7 +28,11 @@ def setup_logging() -> None:
 
 
 def load_config_module(path: str | Path):
-  """Imports a config file; a relative path missing from the cwd is taken from the repo."""
+  """Imports a config file as module ``config_<stem>`` (in ``sys.modules``, so that
+  classes it defines work as in any module); a relative path missing from the cwd
+  is taken from the repo. The one loader of config files: `load_config`, the
+  studies and ``scripts/sweep.py`` (``get_search_space``) use it."""
+  import sys
   path = Path(path)
   if not path.is_absolute() and not path.exists():
     path = REPO / path
@@ -36,7 +40,12 @@ def load_config_module(path: str | Path):
     raise FileNotFoundError(f'config file {str(path)!r} not found')
   spec = importlib.util.spec_from_file_location(f'config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  sys.modules[spec.name] = module
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    sys.modules.pop(spec.name, None)
+    raise
   return module
 
 

@@ -33,8 +33,8 @@ flags.mark_flags_as_required(['experiment', 'workdir'])
 
 
 def _takes_data_path() -> list[str]:
-  return [name for name in sorted(experiments.EXPERIMENTS)
-          if 'data_path' in inspect.signature(experiments.get(name).run).parameters]
+  return [name for name, run in experiments.EXPERIMENTS.items()
+          if 'data_path' in inspect.signature(run).parameters]
 
 
 def main(argv):
@@ -42,7 +42,7 @@ def main(argv):
     raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   from research.experiments import common
   name, workdir, budget = _EXPERIMENT.value, _WORKDIR.value, _BUDGET.value
-  run = experiments.get(name).run
+  run = experiments.get(name)
   kwargs = {}
   if _DATA_PATH.value is not None:
     if 'data_path' not in inspect.signature(run).parameters:

@@ -13,9 +13,7 @@ again and resumes them from their checkpoint. ``--storage`` takes 'journal'
 postgresql://...) for many machines; on those, workers send heartbeats and a trial
 whose worker went silent (a dead machine) is retried by the others.
 """
-import importlib.util
 import sys
-from pathlib import Path
 
 from research.devices import configure_cpu_devices
 
@@ -49,12 +47,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def load_space(config_file: str, arg):
-  path = Path(config_file)
-  if not path.exists():
-    path = cli.REPO / path
-  spec = importlib.util.spec_from_file_location(f'config_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = cli.load_config_module(config_file)
   if not hasattr(module, 'get_search_space'):
     raise SearchSpaceError(f'{config_file} defines no get_search_space(arg) function')
   return module.get_search_space(arg)

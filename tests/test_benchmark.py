@@ -9,6 +9,7 @@ import pytest
 
 from research import benchmark as bm
 from research import results
+from tests.helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = bm.Shape(batch=4, length=5, input=3, hidden=4, classes=3)
@@ -51,11 +52,11 @@ def test_configure_cpu_devices_one_per_core():
 
 @pytest.mark.slow
 def test_benchmark_script_writes_results(tmp_path):
-  cmd = [sys.executable, 'scripts/benchmark.py', f'--workdir={tmp_path}', '--cells=lstm,gru',
-         '--batch=4', '--length=5', '--input=3', '--hidden=4', '--rounds=2', '--matmul=64',
-         '--modes=train', '--lstm_variants=', '--population_members=2',
-         '--population_shapes=small:4x5x3x4', '--population_rounds=2']
-  subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
+  run_script('benchmark.py', f'--workdir={tmp_path}', '--cells=lstm,gru', '--batch=4',
+             '--length=5', '--input=3', '--hidden=4', '--rounds=2', '--matmul=64',
+             '--modes=train', '--lstm_variants=', '--population_members=2',
+             '--population_shapes=small:4x5x3x4', '--population_rounds=2',
+             timeout=900).check_returncode()
   out = results.read(tmp_path / 'results.json')
   metrics = {r['metric'] for r in out['rows']}
   assert 'population_speedup' in metrics and 'step_ms' in metrics

@@ -4,21 +4,15 @@ The scripts run as real subprocesses (each imports JAX, a few seconds); only the
 config-mismatch test trains, one epoch of a linear model on 300 sequences.
 """
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from research import cli, configlib
+from tests.helpers import run_script as _run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (REPO / 'configs').glob('*.py'))
-
-
-def _run(script, *args, cwd=REPO, timeout=300):
-  return subprocess.run([sys.executable, str(REPO / 'scripts' / script), *map(str, args)],
-                        capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 def _one_error_line(proc, *named, code=2):

@@ -3,9 +3,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,35 +12,18 @@ import pytest
 from research import cli
 from research import evaluate as ev
 from research.train import member_variables, train_and_evaluate
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_script, run_train, small_mnist1d
 
 
 def mnist1d_config(**overrides):
   """Two members, 3 epochs; member 0 (lr 1e-2) peaks on validation before the last
   epoch, member 1 (lr 0.3) at it, so best and latest differ for one of them."""
-  c = cli.load_config('configs/mnist1d.py', 'model=mlp')
-  c.data.num_samples = 500
-  c.model.hidden = 16
-  c.train.batch_size = 50
-  c.train.epochs = 3
-  c.train.eval_every = 1
-  c.train.progress = False
-  c.population = 'seed=0,1 optim.lr=1e-2,0.3'
-  c.population_mode = 'zip'
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return small_mnist1d(**{'train.epochs': 3, 'population': 'seed=0,1 optim.lr=1e-2,0.3',
+                          'population_mode': 'zip', **overrides})
 
 
 def evaluate_cli(workdir, *args, env=None, timeout=300):
-  cmd = [sys.executable, str(REPO / 'scripts/evaluate.py'), f'--workdir={workdir}', *args]
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                        env=env)
+  return run_script('evaluate.py', f'--workdir={workdir}', *args, env=env, timeout=timeout)
 
 
 def split_metrics(doc: dict, prefix: str) -> list[dict]:
@@ -171,12 +151,7 @@ def test_sharded_run_evaluates_to_its_own_numbers(tmp_path):
   sharding (the numbers of a 1-device evaluation may differ in the last bits)."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   workdir = tmp_path / 'two'
-  cmd = [sys.executable, str(REPO / 'scripts/train.py'),
-         '--config=' + str(REPO / 'configs/mnist1d.py') + ':model=mlp', f'--workdir={workdir}',
-         '--config.data.num_samples=500', '--config.model.hidden=16',
-         '--config.train.batch_size=50', '--config.train.progress=False',
-         '--config.train.epochs=2', '--config.population=seed=0,1']
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  proc = run_train(workdir, '--config.train.epochs=2', '--config.population=seed=0,1', env=env)
   assert proc.returncode == 0, proc.stderr
   results = json.loads((workdir / 'results.json').read_text())
   assert results['member_sharding'] == 2
@@ -213,7 +188,7 @@ def test_text_samples(tmp_path):
   c = cli.load_config('configs/text.py', 'quick')
   c.data.max_chars = 20000
   c.data.seq_len = 20
-  c.model.hidden = 16
+  c.model.rnn.hidden = 16
   c.model.channels = (16,)
   c.train.epochs = 1
   c.train.progress = False

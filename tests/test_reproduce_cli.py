@@ -2,21 +2,16 @@
 ``error:`` line naming the bad value, exit 2, no traceback, and nothing written to a
 workdir that holds something else."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from research import errors
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_script
 
 
 def _script(name, *args, timeout=180):
-  p = subprocess.run([sys.executable, f'scripts/{name}.py', *args], capture_output=True,
-                     text=True, cwd=REPO, timeout=timeout)
-  return p
+  return run_script(f'{name}.py', *args, timeout=timeout)
 
 
 def _one_error_line(p):

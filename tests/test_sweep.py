@@ -17,6 +17,7 @@ from research import cli
 from research.sweep import runner
 from research.sweep.space import Choice, Float, Int, SearchSpaceError, grid_points, validate
 from tests import sweep_worker as sw
+from tests.helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 TS = optuna.trial.TrialState
@@ -58,9 +59,8 @@ def test_search_space_errors_name_the_key(space, match):
 def test_grid_needs_grid_values_and_the_cli_reports_space_errors(tmp_path):
   with pytest.raises(SearchSpaceError, match="'task.beta': grid search needs grid"):
     grid_points(sw.SPACE)
-  proc = subprocess.run([sys.executable, 'scripts/sweep.py', '--config=configs/vae_digits.py:quick',
-                         '--space=nope', f'--workdir={tmp_path}'], cwd=REPO, capture_output=True,
-                        text=True, timeout=120)
+  proc = run_script('sweep.py', '--config=configs/vae_digits.py:quick', '--space=nope',
+                    f'--workdir={tmp_path}', timeout=120)
   assert proc.returncode == 2 and "Unknown search space 'nope'" in proc.stderr
 
 
@@ -204,10 +204,9 @@ def test_a_dead_machines_trials_are_retried_when_its_heartbeats_stop(tmp_path, m
 
 @pytest.mark.slow
 def test_cli_sweeps_the_digits_vae_and_fails_a_diverging_trial(tmp_path):
-  args = [sys.executable, 'scripts/sweep.py', '--config=configs/vae_digits.py:quick',
-          '--method=grid', '--space=small', '--population_size=6', f'--workdir={tmp_path}',
-          '--config.train.epochs=2']
-  proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+  proc = run_script('sweep.py', '--config=configs/vae_digits.py:quick', '--method=grid',
+                    '--space=small', '--population_size=6', f'--workdir={tmp_path}',
+                    '--config.train.epochs=2', timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads((tmp_path / 'results.json').read_text())
   assert out['states']['COMPLETE'] == 6 and out['best']['value'] > 0

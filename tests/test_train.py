@@ -12,30 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import cli, population, results
+from research import population, results
 from research.data import load_dataset
 from research.tasks import make_task
 from research.train import DivergenceError, Trainer, batch_split, train_and_evaluate
+from tests.helpers import run_train, small_mnist1d, train_command
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def small_config(**overrides):
-  c = cli.load_config('configs/mnist1d.py', 'model=mlp')
-  c.data.num_samples = 500
-  c.model.hidden = 16
-  c.train.batch_size = 50
-  c.train.epochs = 4
-  c.train.eval_every = 1
-  c.train.progress = False
-  c.population = ''  # one member, seed from c.seed
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  """The small MNIST-1D run, 4 epochs, one member (seed from c.seed)."""
+  return small_mnist1d(**{'train.epochs': 4, 'population': '', **overrides})
 
 
 def setup_trainer(config):
@@ -146,16 +134,8 @@ def test_evaluate_ignores_padding():
   assert float(whole['accuracy'][0]) == pytest.approx(acc)
 
 
-def _run_cli(workdir, *extra, timeout=300):
-  cmd = [sys.executable, str(REPO / 'scripts/train.py'),
-         '--config=' + str(REPO / 'configs/mnist1d.py') + ':model=mlp',
-         f'--workdir={workdir}', '--config.data.num_samples=500', '--config.model.hidden=16',
-         '--config.train.batch_size=50', '--config.train.progress=False', *extra]
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
 def test_cli_rejects_unknown_key_in_one_line(tmp_path):
-  proc = _run_cli(tmp_path, '--config.optim.lrr=0.1')
+  proc = run_train(tmp_path, '--config.optim.lrr=0.1')
   assert proc.returncode != 0
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and 'optim.lrr' in lines[0] and 'lr' in lines[0]
@@ -163,28 +143,25 @@ def test_cli_rejects_unknown_key_in_one_line(tmp_path):
 
 
 def test_cli_rejects_wrong_type(tmp_path):
-  proc = _run_cli(tmp_path, '--config.optim.lr=fast')
+  proc = run_train(tmp_path, '--config.optim.lr=fast')
   assert proc.returncode != 0
   assert 'config.optim.lr' in proc.stderr and 'Traceback' not in proc.stderr
 
 
 def test_cli_single_member_divergence_exits_nonzero(tmp_path):
-  proc = _run_cli(tmp_path, '--config.optim.lr=inf', '--config.train.epochs=1')
+  proc = run_train(tmp_path, '--config.optim.lr=inf', '--config.train.epochs=1')
   assert proc.returncode == 1
   assert 'diverged' in proc.stderr and 'member 0' in proc.stderr
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
   args = ('--config.train.epochs=12', '--config.population=seed=0,1')
-  ref = _run_cli(tmp_path / 'ref', *args)
+  ref = run_train(tmp_path / 'ref', *args)
   assert ref.returncode == 0, ref.stderr
   # Start the same run, kill -9 it once a checkpoint exists, then re-run the same command.
   workdir = tmp_path / 'killed'
-  cmd = [sys.executable, str(REPO / 'scripts/train.py'),
-         '--config=' + str(REPO / 'configs/mnist1d.py') + ':model=mlp', f'--workdir={workdir}',
-         '--config.data.num_samples=500', '--config.model.hidden=16',
-         '--config.train.batch_size=50', '--config.train.progress=False', *args]
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+  proc = subprocess.Popen(train_command(workdir, *args), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, cwd=REPO)
   deadline = time.time() + 120
   ckpts = workdir / 'checkpoints'
   while time.time() < deadline and proc.poll() is None:
@@ -196,7 +173,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
   proc.wait()
   assert killed_mid_run, 'run finished before it could be killed; make it longer'
   assert not (workdir / 'results.json').exists()
-  resumed = _run_cli(workdir, *args)
+  resumed = run_train(workdir, *args)
   assert resumed.returncode == 0, resumed.stderr
   a = json.loads((tmp_path / 'ref/results.json').read_text())
   b = json.loads((workdir / 'results.json').read_text())
@@ -218,12 +195,7 @@ def _records(workdir, timed=False):
 def test_members_sharded_over_two_cpu_devices_match_one_device(tmp_path):
   args = ('--config.train.epochs=2', '--config.population=seed=0,1')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  cmd = [sys.executable, str(REPO / 'scripts/train.py'),
-         '--config=' + str(REPO / 'configs/mnist1d.py') + ':model=mlp',
-         f'--workdir={tmp_path / "two"}', '--config.data.num_samples=500',
-         '--config.model.hidden=16', '--config.train.batch_size=50',
-         '--config.train.progress=False', *args]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  proc = run_train(tmp_path / 'two', *args, env=env)
   assert proc.returncode == 0, proc.stderr
   two = json.loads((tmp_path / 'two/results.json').read_text())
   assert len(two['devices']) == 2 and two['member_sharding'] == 2
@@ -500,11 +472,11 @@ def test_progress_in_a_log_file_is_one_line_per_evaluation(tmp_path):
 
 def test_cli_all_checkpoints_unreadable_is_one_line(tmp_path):
   work = tmp_path / 'run'
-  assert _run_cli(work, '--config.train.epochs=2').returncode == 0
+  assert run_train(work, '--config.train.epochs=2').returncode == 0
   (work / 'results.json').unlink()
   for d in (work / 'checkpoints').iterdir():
     _corrupt_files(d, 'garble')
-  proc = _run_cli(work, '--config.train.epochs=2')
+  proc = run_train(work, '--config.train.epochs=2')
   assert proc.returncode == 2
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert 'Traceback' not in proc.stderr and 'Task exception' not in proc.stderr, proc.stderr

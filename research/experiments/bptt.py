@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import cli, results
+from research import results
 from research.analysis.gradients import carry_gradient_norms, layer_params, step_jacobian_norms
 from research.data import load_dataset
+from research.experiments import register
 from research.experiments.common import train_variant, variant_config, write_report
 from research.models import build_model
 from research.models.cells import make_cell
@@ -65,6 +66,7 @@ def _arg(task, cell, T, trunc=0, k2=0):
   return f'task={task},cell={cell},T={T},hidden={HIDDEN},trunc={trunc}' + (f',k2={k2}' if k2 else '')
 
 
+@register('bptt')
 def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +190,7 @@ def gradient_profiles(T: int, radii=(0.8, 1.0, 1.2), batch: int = 100) -> dict[s
   variants = [('lstm', {}, 'LSTM'), ('gru', {}, 'GRU')]
   variants += [('elman', {'spectral_radius': r}, f'tanh RNN, radius {r:g}') for r in radii]
   for cell, options, label in variants:
-    c = cli.load_config('configs/synthetic.py', _arg('temporal_order', cell, T))
+    c = variant_config('configs/synthetic.py', _arg('temporal_order', cell, T))
     c.model.rnn.cell_options = {**c.model.rnn.cell_options.to_dict(), **options}
     out[label] = _carry_profile(c, batch)
   return out

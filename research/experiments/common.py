@@ -17,13 +17,7 @@ def variant_config(config_file: str, arg: str, **overrides: Any):
   """``config_file:arg`` with dotted ``overrides`` ({'data.path': ...}) applied;
   None values are skipped."""
   config = cli.load_config(config_file, arg)
-  for key, value in overrides.items():
-    if value is None:
-      continue
-    *parents, last = key.split('.')
-    node = configlib.get_path(config, '.'.join(parents)) if parents else config
-    node[last] = value
-  return config
+  return configlib.with_values(config, {k: v for k, v in overrides.items() if v is not None})
 
 
 def train_variant(config_file: str, arg: str, workdir: Path, **overrides: Any) -> dict:

@@ -18,10 +18,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from research import cli, results
+from research import results
 from research.data import forecast as fc
-from research.experiments.common import write_report
-from research.train import load_trained, member_variables, train_and_evaluate
+from research.experiments import register
+from research.experiments.common import train_variant, variant_config, write_report
+from research.train import load_trained, member_variables
 
 MODELS = {'conv_lstm': 'Conv -> LSTM', 'lstm': 'LSTM only', 'mlp': 'MLP'}
 BUDGETS = {'full': dict(series=('airline',), epochs=300, quick=False),
@@ -69,6 +70,7 @@ def plot_forecasts(series: str, info: dict, forecasts: dict[str, np.ndarray],
   return curves.save(fig, path, dpi=100)
 
 
+@register('forecast')
 def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -80,10 +82,10 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
     forecasts = {}  # legend label -> the last test window's forecast, for the plot
     for model, label in MODELS.items():
       arg = f'model={model},series={series},epochs={b["epochs"]}' + (',quick' if b['quick'] else '')
-      config = cli.load_config('configs/forecast.py', arg)
-      config.train.progress = False
+      over = {'train.progress': False}
+      config = variant_config('configs/forecast.py', arg, **over)
       run_dir = workdir / f'{series}_{model}'
-      out = train_and_evaluate(config, run_dir)
+      out = train_variant('configs/forecast.py', arg, run_dir, **over)
       ds, pred = predict(config, run_dir)
       info = ds.info
       if truth is None:

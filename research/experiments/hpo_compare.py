@@ -20,14 +20,14 @@ than one by one (numeric-only space, the same trials both ways).
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
 import numpy as np
 
 from research import cli, results
-from research.experiments.common import write_report
+from research.experiments import register
+from research.experiments.common import variant_config, write_report
 from research.sweep import report as sweep_report
 from research.sweep import runner
 
@@ -40,11 +40,8 @@ MARGIN = 1.0  # nats above the best value found by any sweep
 
 
 def _config(seed: int, epochs: int):
-  c = cli.load_config('configs/vae_digits.py', f'epochs={epochs},patience=0')
-  c.seed = seed
-  c.population = ''
-  c.train.progress = False
-  return c
+  return variant_config('configs/vae_digits.py', f'epochs={epochs},patience=0', seed=seed,
+                        population='', **{'train.progress': False})
 
 
 def trials_to_target(best: list[float], target: float) -> int | None:
@@ -55,13 +52,10 @@ def trials_to_target(best: list[float], target: float) -> int | None:
 
 
 def _space(name: str):
-  path = cli.REPO / 'configs' / 'vae_digits.py'
-  spec = importlib.util.spec_from_file_location('config_vae_digits', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_search_space(name)
+  return cli.load_config_module('configs/vae_digits.py').get_search_space(name)
 
 
+@register('hpo_compare')
 def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)

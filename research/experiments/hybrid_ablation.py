@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from research import cli, results
-from research.experiments.common import write_report
-from research.train import train_and_evaluate
+from research import results
+from research.experiments import register
+from research.experiments.common import train_variant, variant_config, write_report
 
 STUDIES = {  # dataset -> (config file, fixed arg, {variant: (label, role)})
     'moving_digits': ('configs/video.py', 'label=digit_direction', {
@@ -46,6 +46,7 @@ BUDGETS = {
 }
 
 
+@register('hybrid_ablation')
 def run(workdir: str | Path, budget: str = 'full', datasets=None) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -60,11 +61,11 @@ def run(workdir: str | Path, budget: str = 'full', datasets=None) -> dict:
         parts = [fixed, f'model={variant}'] + (['quick'] if b['quick'] else [])
         if b['epochs'].get(ds):
           parts.append(f'epochs={b["epochs"][ds]}')
-        config = cli.load_config(config_file, ','.join(p for p in parts if p))
-        config.data.train_fraction = frac
-        config.train.progress = budget == 'full'
-        config.experiment = f'{config.experiment}_frac{frac:g}'
-        out = train_and_evaluate(config, workdir / ds / f'{variant}_frac{frac:g}')
+        arg = ','.join(p for p in parts if p)
+        config = variant_config(config_file, arg)
+        out = train_variant(config_file, arg, workdir / ds / f'{variant}_frac{frac:g}',
+                            experiment=f'{config.experiment}_frac{frac:g}',
+                            **{'data.train_fraction': frac, 'train.progress': budget == 'full'})
         accs = [m['test/accuracy'] for m in out['members'] if not m['diverged']]
         name = f'{ds} {label} ({100 * frac:g}% train)'
         rows.append(results.row(name, 'test_accuracy', accs))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from research import cli, results
+from research import results
 from research.analysis import curves
-from research.train import train_and_evaluate
+from research.experiments import register
+from research.experiments.common import train_variant
 
 SOURCE = 'Greydanus & Kobak 2020 (MNIST-1D), benchmark table'
 MODELS = {  # variant -> (display name, published test accuracy)
@@ -24,6 +25,7 @@ MODELS = {  # variant -> (display name, published test accuracy)
 }
 
 
+@register('mnist1d')
 def run(workdir: str | Path, budget: str = 'full', models: list[str] | None = None) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -33,9 +35,8 @@ def run(workdir: str | Path, budget: str = 'full', models: list[str] | None = No
   for variant in models:
     name, published = MODELS[variant]
     arg = f'model={variant}' + (',quick' if budget == 'smoke' else '')
-    config = cli.load_config('configs/mnist1d.py', arg)
     t = time.time()
-    out = train_and_evaluate(config, workdir / variant)
+    out = train_variant('configs/mnist1d.py', arg, workdir / variant)
     timing[name] = time.time() - t
     runs[name] = workdir / variant
     accs = [m['test/accuracy'] for m in out['members'] if not m['diverged']]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from research import results
 from research.analysis import curves
+from research.experiments import register
 from research.experiments.common import train_variant, write_report
 
 BAI = 'Bai et al. 2018, Table 1 (JSB Chorales)'
@@ -31,6 +32,7 @@ EPOCHS = {'small': 250, 'large': 150}
 PATIENCE = {'small': 20, 'large': 10}
 
 
+@register('rnn_music')
 def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)

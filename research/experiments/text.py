@@ -15,12 +15,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from research import cli, results
+from research import results
 from research.analysis import curves
 from research.data import text as text_data
-from research.experiments.common import write_report
+from research.experiments import register
+from research.experiments.common import train_variant, variant_config, write_report
 from research.models.text import sample
-from research.train import load_trained, member_variables, train_and_evaluate
+from research.train import load_trained, member_variables
 
 MODELS = {'cnn_lstm': 'char CNN-LSTM', 'lstm': 'LSTM only', 'cnn': 'CNN only'}
 BUDGETS = {'full': dict(epochs=10, quick=False, sample_len=300),
@@ -29,6 +30,7 @@ PRIME = 'The "for" statement'
 TEMPERATURES = (0.5, 1.0)
 
 
+@register('text')
 def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -37,11 +39,11 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   rows, extra, samples, runs = [], {}, [], {}
   unigram = None
   for model, label in MODELS.items():
-    config = cli.load_config('configs/text.py', f'model={model},epochs={b["epochs"]}'
-                             + (',quick' if b['quick'] else ''))
-    config.train.progress = budget == 'full'
+    arg = f'model={model},epochs={b["epochs"]}' + (',quick' if b['quick'] else '')
+    over = {'train.progress': budget == 'full'}
+    config = variant_config('configs/text.py', arg, **over)
     run_dir = workdir / model
-    out = train_and_evaluate(config, run_dir)
+    out = train_variant('configs/text.py', arg, run_dir, **over)
     runs[label] = run_dir
     bits = [m['test/loss'] / math.log(2) for m in out['members'] if not m['diverged']]
     trainer, ds, members, state = load_trained(config, run_dir)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from research import cli, results
+from research import results
 from research.analysis import curves
-from research.experiments.common import write_report
-from research.train import train_and_evaluate
+from research.experiments import register
+from research.experiments.common import train_variant, write_report
 
 MODELS = {'fcn': 'FCN', 'lstm_fcn': 'LSTM-FCN (shuffle)', 'lstm_fcn_t': 'LSTM-FCN (temporal)',
           'conv_lstm': 'DeepConvLSTM-style', 'lstm': 'LSTM only'}
@@ -45,6 +45,7 @@ BUDGETS = {
 }
 
 
+@register('ucr')
 def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -54,12 +55,10 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   # Model-major order: the cheap convolutional models finish on every set first.
   for model in b['models']:
     for ds in b['datasets']:
-      config = cli.load_config('configs/ucr.py', f'model={model},dataset={ds},'
-                               f'epochs={b["epochs"][ds]}')
-      config.population = f'seed={b["seeds"]}'
-      config.train.progress = budget == 'full'
       t = time.time()
-      out = train_and_evaluate(config, workdir / f'{ds}_{model}')
+      out = train_variant('configs/ucr.py', f'model={model},dataset={ds},epochs={b["epochs"][ds]}',
+                          workdir / f'{ds}_{model}', population=f'seed={b["seeds"]}',
+                          **{'train.progress': budget == 'full'})
       accs = [m['test/accuracy'] for m in out['members'] if not m['diverged']]
       pub, src = PUBLISHED.get((ds, model), (None, None))
       name = f'{ds} {MODELS[model]}'

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from research import cli, results
+from research import results
 from research.analysis import curves, generative
-from research.experiments.common import write_report
-from research.train import train_and_evaluate
+from research.experiments import register
+from research.experiments.common import train_variant, variant_config, write_report
 
 OPTIMIZERS = {'adam': ('Adam', (3e-4, 1e-3, 3e-3)), 'rmsprop': ('RMSprop', (1e-4, 3e-4, 1e-3)),
               'sgd': ('SGD+momentum 0.9', (1e-2, 3e-2, 1e-1))}
@@ -51,6 +51,7 @@ def select_lr(members: list[dict]) -> tuple[float, list[dict]]:
   return lr, by_lr[lr]
 
 
+@register('vae_optimizers')
 def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -61,14 +62,13 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
     label, lrs = OPTIMIZERS[opt]
     lrs = lrs[1:2] if b['lrs'] == 1 else lrs
     for sched in b['schedules']:
-      config = cli.load_config('configs/vae_digits.py', f'optim={opt},schedule={sched},'
-                               f'hidden={b["hidden"]},epochs={b["epochs"]},patience=0')
-      config.population = f'seed={b["seeds"]} optim.lr={",".join(map(str, lrs))}'
-      config.train.progress = budget == 'full'
+      arg = f'optim={opt},schedule={sched},hidden={b["hidden"]},epochs={b["epochs"]},patience=0'
+      over = {'population': f'seed={b["seeds"]} optim.lr={",".join(map(str, lrs))}',
+              'train.progress': budget == 'full'}
       wd = workdir / f'{opt}_{sched}'
-      configs[(opt, sched)] = config
+      configs[(opt, sched)] = variant_config('configs/vae_digits.py', arg, **over)
       t = time.time()
-      out = train_and_evaluate(config, wd)
+      out = train_variant('configs/vae_digits.py', arg, wd, **over)
       lr, chosen = select_lr(out['members'])
       name = f'{label}, {sched}'
       rows.append(results.row(name, 'test_nelbo', [m['test/nelbo'] for m in chosen]))

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from research import cli, results
+from research import results
 from research.analysis import generative
-from research.experiments.common import write_report
+from research.experiments import register
+from research.experiments.common import train_variant, variant_config, write_report
 from research.models import vae
-from research.train import train_and_evaluate
 
 VARIANTS = {'plain': (0, 0.0), 'annealed': (None, 0.0), 'free bits': (0, 0.5)}
 BUDGETS = {
@@ -33,6 +33,7 @@ BUDGETS = {
 }
 
 
+@register('vae_tradeoff')
 def run(workdir: str | Path, budget: str = 'full') -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -46,12 +47,11 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
         cols['task.beta'].append(beta)
         cols['task.anneal_steps'].append(b['anneal_steps'] if steps is None else steps)
         cols['task.free_bits'].append(fb)
-  config = cli.load_config('configs/vae_digits.py', f'anneal=linear,hidden={b["hidden"]},'
-                           f'epochs={b["epochs"]},patience=0')
-  config.population = ' '.join(f'{k}={",".join(map(str, v))}' for k, v in cols.items())
-  config.population_mode = 'zip'
-  config.train.progress = budget == 'full'
-  out = train_and_evaluate(config, workdir / 'population')
+  arg = f'anneal=linear,hidden={b["hidden"]},epochs={b["epochs"]},patience=0'
+  over = {'population': ' '.join(f'{k}={",".join(map(str, v))}' for k, v in cols.items()),
+          'population_mode': 'zip', 'train.progress': budget == 'full'}
+  config = variant_config('configs/vae_digits.py', arg, **over)
+  out = train_variant('configs/vae_digits.py', arg, workdir / 'population', **over)
   model, ds, members, params = generative.load_members(config, workdir / 'population')
   au = [vae.active_units(generative.posterior_means(model, p, ds.test['x'])) for p in params]
 

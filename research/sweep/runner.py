@@ -286,8 +286,7 @@ def train_population(config: ml_collections.ConfigDict, structure: Mapping[str, 
   """Trains trials that share ``structure`` as one zip population."""
   c = copy.deepcopy(config)
   c.unlock()
-  for key, value in structure.items():
-    _set(c, key, value)
+  configlib.with_values(c, structure)
   numeric = sorted({k for m in members for k in m})
   seed = int(configlib.get_path(c, 'seed'))
   cols = {'seed': [seed] * len(members)}
@@ -302,12 +301,6 @@ def train_population(config: ml_collections.ConfigDict, structure: Mapping[str, 
   run_dir.mkdir(parents=True, exist_ok=True)
   (run_dir / 'population.json').write_text(key)
   return train_fn(c, run_dir), run_dir
-
-
-def _set(config, key: str, value):
-  *parents, last = key.split('.')
-  node = configlib.get_path(config, '.'.join(parents)) if parents else config
-  node[last] = value
 
 
 def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], method: str,
