@@ -1,8 +1,5 @@
 """The studies' analysis code on known inputs, and (slow) their smoke budgets end to end."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +7,7 @@ from scipy import stats
 
 from research import results
 from research.experiments import bptt, lstm_variants
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_script
 
 
 def fake_trials(seed=0, n=30):
@@ -78,6 +74,101 @@ def test_variant_analysis_per_hidden_size():
   assert 'hidden 32: best trials' in table and 'hidden 64: best trials' in table
 
 
+def test_epochs_to_target_counts_epochs_when_evaluating_every_few_epochs():
+  """A curve evaluated at epochs 10, 20, 30 reaches the target at epoch 30, not at
+  its third evaluation."""
+  trials = [dict(t, val_epochs=[10, 20, 30]) for t in fake_trials(n=50)]
+  a = lstm_variants.analyse(trials, ('vanilla', 'NFG', 'CIFG'), importance=False)
+  assert a['variants']['vanilla']['epochs_to_target'] == 30
+
+
+def _planned_lstm_runs(tmp_path, monkeypatch, budget, eval_epochs=(1, 2)):
+  """lstm_variants.run's training calls, with training replaced (every member writes
+  val/loss at ``eval_epochs``) and the run stopped before the analysis: the calls and
+  the trials handed to `analyse`."""
+  calls, seen = [], {}
+
+  class Stop(Exception):
+    pass
+
+  def fake_train(config_file, arg, workdir, **over):
+    calls.append((arg, over))
+    seeds = over['population'].split()[0].split('=')[1].split(',')
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / 'metrics.jsonl', 'w') as f:
+      for e in eval_epochs:
+        for i in range(len(seeds)):
+          f.write(json.dumps({'epoch': e, 'member': i, 'val/loss': 10.0 - e}) + '\n')
+    members = [{'member': i, 'hparams': {k: 0.1 for k in
+                                         ('optim.lr', 'optim.momentum', 'train.input_noise')},
+                'diverged': False, 'val/loss': 9.0, 'test/loss': 9.0, 'best_epoch': 1}
+               for i in range(len(seeds))]
+    return {'members': members}
+
+  def stop(trials, variants, **kw):
+    seen['trials'] = trials
+    raise Stop
+
+  monkeypatch.setattr(lstm_variants, 'train_variant', fake_train)
+  monkeypatch.setattr(lstm_variants, 'analyse', stop)
+  with pytest.raises(Stop):
+    lstm_variants.run(tmp_path / budget, budget)
+  return calls, seen['trials']
+
+
+def test_lstm_variants_draws_and_seeds_of_a_variant_do_not_depend_on_the_budget(
+    tmp_path, monkeypatch):
+  """A variant's sampled trials and its members' seeds come from the same index (its
+  place in VARIANTS): the same in every budget, so the smoke budget's CIFG draws its
+  trials and seeds as the full budget's CIFG does. The full budget's numbers are those
+  it always had (1000 * size index + 100 * variant index)."""
+  def population(over):
+    parts = dict(p.split('=') for p in over['population'].split())
+    return [int(s) for s in parts['seed'].split(',')], parts
+
+  for budget in ('smoke', 'full'):
+    b = lstm_variants.BUDGETS[budget]
+    calls, _ = _planned_lstm_runs(tmp_path, monkeypatch, budget)
+    assert len(calls) == len(b['hidden']) * len(b['variants'])
+    for (arg, over), (h, v) in zip(calls, [(h, v) for h in range(len(b['hidden']))
+                                           for v in b['variants']]):
+      assert f'variant={v},' in arg
+      k = lstm_variants.VARIANTS.index(v)
+      seeds, parts = population(over)
+      assert seeds == [1000 * h + 100 * k + i for i in range(b['trials'])], (budget, v)
+      drawn = lstm_variants.sample_trials(b['trials'], seed=100 * h + k)
+      assert parts['optim.lr'] == ','.join(f'{t["optim.lr"]:.6g}' for t in drawn)
+
+
+def test_lstm_variants_curves_keep_the_evaluated_epochs(tmp_path, monkeypatch):
+  """Evaluations every 5 epochs: each trial's validation curve carries epochs 5, 10, 15."""
+  _, trials = _planned_lstm_runs(tmp_path, monkeypatch, 'smoke', eval_epochs=(5, 10, 15))
+  assert trials and all(t['val_epochs'] == [5, 10, 15] for t in trials)
+  assert all(t['val_curve'] == [5.0, 0.0, -5.0] for t in trials)
+
+
+def test_adding_table_when_every_member_of_a_variant_diverges(tmp_path, monkeypatch):
+  """No mean over an empty list (a NaN and a RuntimeWarning): the row has n = 0 and the
+  table says that every member diverged."""
+  import warnings
+
+  def fake_train(config_file, arg, workdir, **over):
+    diverged = 'variant=NIG' in arg
+    return {'members': [{'member': i, 'diverged': diverged,
+                         'test/mse': float('nan') if diverged else 0.01 * (i + 1),
+                         'test/within_tol': 0.0 if diverged else 1.0} for i in range(2)]}
+
+  monkeypatch.setattr(lstm_variants, 'train_variant', fake_train)
+  spec = dict(T=20, num_train=100, epochs=1, seeds='0,1')
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    out = lstm_variants._adding_runs(tmp_path, spec)
+  assert out['rows']['adding T=20 LSTM NIG'] == []
+  line = next(l for l in out['table'].splitlines() if l.startswith('| NIG |'))
+  assert 'nan' not in line and 'diverged' in line
+  assert '0.0150 ± 0.0071' in out['table']  # vanilla: mean ± sample std of 0.01, 0.02
+
+
 def test_tanh_rnn_gradient_decays_faster_below_radius_one():
   prof = bptt.gradient_profiles(T=30, radii=(0.5, 1.5), batch=20)
   assert set(prof) == {'LSTM', 'GRU', 'tanh RNN, radius 0.5', 'tanh RNN, radius 1.5'}
@@ -88,8 +179,7 @@ def test_tanh_rnn_gradient_decays_faster_below_radius_one():
 
 
 def _reproduce(tmp_path, *args):
-  proc = subprocess.run([sys.executable, 'scripts/reproduce.py', *args, '--budget=smoke'],
-                        cwd=REPO, capture_output=True, text=True, timeout=900)
+  proc = run_script('reproduce.py', *args, '--budget=smoke', timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 

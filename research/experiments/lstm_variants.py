@@ -32,6 +32,7 @@ import numpy as np
 
 from research import results
 from research.analysis import curves
+from research.experiments import register
 from research.experiments.common import train_variant, variant_config, write_report
 
 VARIANTS = ('vanilla', 'NIG', 'NFG', 'NOG', 'NIAF', 'NOAF', 'NP', 'CIFG', 'FGR')
@@ -67,6 +68,7 @@ def _population(trials: list[dict], seed0: int) -> str:
   return ' '.join(parts)
 
 
+@register('lstm_variants')
 def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -75,9 +77,12 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
   trials = []  # one dict per trial: variant, hidden, hparams, val/test NLL, curve
   configs = {}  # (variant, hidden) -> (config, workdir)
   for h_index, hidden in enumerate(b['hidden']):
-    for v_index, variant in enumerate(b['variants']):
+    for variant in b['variants']:
       # Independent draws per (variant, size), as Greff et al.: fANOVA needs many distinct points.
-      sampled = sample_trials(b['trials'], seed=100 * h_index + VARIANTS.index(variant))
+      # Draws and members' seeds both follow the variant's place in VARIANTS, so a variant
+      # trains the same trials whichever other variants a budget includes.
+      v_index = VARIANTS.index(variant)
+      sampled = sample_trials(b['trials'], seed=100 * h_index + v_index)
       wd = workdir / f'{variant}_h{hidden}'
       arg = f'cell=lstm,variant={variant},hidden={hidden}'
       over = {'data.path': data_path, 'optim.name': 'sgd', 'population_mode': 'zip',
@@ -92,7 +97,8 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
                        **{k: m['hparams'][k] for k in sampled[0]},
                        'diverged': m['diverged'], 'val_nll': m['val/loss'],
                        'test_nll': m['test/loss'], 'best_epoch': m['best_epoch'],
-                       'val_curve': val_curves.get(m['member'], [])})
+                       'val_curve': [v for _, v in val_curves.get(m['member'], [])],
+                       'val_epochs': [e for e, _ in val_curves.get(m['member'], [])]})
   analysis = analyse(trials, b['variants'])
   analysis['gates'] = best_trial_gates(trials, configs)
   adding = _adding_runs(workdir, b['adding'])
@@ -114,7 +120,8 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
                      ylabel='validation NLL (nats/frame)')
   out = results.write(workdir / 'results.json', 'lstm_variants', rows, budget=budget,
                       wall_time_s=wall, analysis=analysis, adding=adding,
-                      trials=[{k: v for k, v in t.items() if k != 'val_curve'} for t in trials])
+                      trials=[{k: v for k, v in t.items() if k not in ('val_curve', 'val_epochs')}
+                              for t in trials])
   table = _variants_table(analysis, b['variants'])
   imp = analysis['importance']
   write_report(
@@ -182,10 +189,12 @@ def _gates_table(gates: dict[str, dict]) -> str:
   return '\n'.join(lines)
 
 
-def _member_curves(workdir: Path, metric: str) -> dict[int, list[float]]:
-  out: dict[int, list[float]] = {}
+def _member_curves(workdir: Path, metric: str) -> dict[int, list[tuple[int, float]]]:
+  """Per member, (epoch, value) of ``metric`` at each evaluation (every
+  ``train.eval_every`` epochs)."""
+  out: dict[int, list[tuple[int, float]]] = {}
   for r in curves.read_metrics(workdir):
-    out.setdefault(r['member'], []).append(r[metric])
+    out.setdefault(r['member'], []).append((r['epoch'], r[metric]))
   return out
 
 
@@ -204,7 +213,10 @@ def analyse(trials: list[dict], variants, importance: bool = True) -> dict:
     vals = [t['test_nll'] for t in top[v]]
     p = float(stats.ttest_ind(vals, ref, equal_var=False).pvalue) \
         if v != 'vanilla' and len(vals) > 1 and len(ref) > 1 else None
-    reach = [next((e + 1 for e, x in enumerate(t['val_curve']) if x <= target), None)
+    # A trial's curve holds one value per evaluation; 'val_epochs' says at which epochs
+    # (evaluations every epoch when absent).
+    reach = [next((e for e, x in zip(t.get('val_epochs') or range(1, len(t['val_curve']) + 1),
+                                     t['val_curve']) if x <= target), None)
              for t in top[v]]
     reached = [r for r in reach if r is not None]
     out['variants'][v] = {
@@ -260,8 +272,9 @@ def _variants_table(analysis: dict, variants) -> str:
     a = analysis['variants'][v]
     p = '—' if a['welch_p_vs_vanilla'] is None else f'{a["welch_p_vs_vanilla"]:.3f}'
     e = '—' if a['epochs_to_target'] is None else f'{a["epochs_to_target"]:.0f}'
-    lines.append(f'| {v} | {np.mean(a["top_test_nll"]):.2f} ± {_sd(a["top_test_nll"]):.2f} '
-                 f'(n={a["n_top"]}) | {np.median(a["all_test_nll"]):.2f} | {p} | '
+    median = f'{np.median(a["all_test_nll"]):.2f}' if a['all_test_nll'] else '—'
+    lines.append(f'| {v} | {_mean_sd(a["top_test_nll"], 2)} '
+                 f'(n={a["n_top"]}) | {median} | {p} | '
                  f'{e} ({a["reached_target"]}) | {a["n_diverged"]} | '
                  f'{", ".join(map(str, a.get("top_hidden", [])))} |')
   return '\n'.join(lines)
@@ -276,7 +289,7 @@ def _sizes_table(analysis: dict, variants) -> str:
     for h in sizes:
       a = analysis['by_hidden'][h][v]
       p = a['welch_p_vs_vanilla']
-      cells += [f'{np.mean(a["top_test_nll"]):.2f} ± {_sd(a["top_test_nll"]):.2f} (n={a["n_top"]})',
+      cells += [f'{_mean_sd(a["top_test_nll"], 2)} (n={a["n_top"]})',
                 '—' if p is None else f'{p:.3f}']
     lines.append(f'| {v} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
@@ -285,6 +298,13 @@ def _sizes_table(analysis: dict, variants) -> str:
 def _sd(values) -> float:
   """Sample standard deviation (0 for a single value), as the other reports."""
   return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _mean_sd(values, digits: int) -> str:
+  """'mean ± sample std' of ``values``; '—' when there are none (all diverged)."""
+  if not len(values):
+    return '—'
+  return f'{np.mean(values):.{digits}f} ± {_sd(values):.{digits}f}'
 
 
 def _adding_runs(workdir: Path, spec: dict) -> dict:
@@ -300,7 +320,8 @@ def _adding_runs(workdir: Path, spec: dict) -> dict:
     success = np.mean([m['test/within_tol'] > 0.99 for m in ms]) if ms else 0.0
     name = f'adding T={spec["T"]} LSTM {variant}'
     rows[name] = mse
-    lines.append(f'| {variant} | {np.mean(mse):.4f} ± {_sd(mse):.4f} | {success:.2f} |')
+    shown = _mean_sd(mse, 4) if ms else f'— (all {len(out["members"])} members diverged)'
+    lines.append(f'| {variant} | {shown} | {success:.2f} |')
   return {'rows': rows, 'table': '\n'.join(lines)}
 
 
