@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 import pkgutil
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -34,8 +35,13 @@ _MISSING = object()
 
 
 def _origin(obj: Any) -> str:
-  """Where ``obj`` was defined: 'module.qualname' (a re-executed definition has the same)."""
-  return f'{getattr(obj, "__module__", "?")}.{getattr(obj, "__qualname__", type(obj).__name__)}'
+  """Where ``obj`` was defined, 'file:qualname': the same for a definition executed
+  again (a config file that registers what it defines, loaded twice)."""
+  try:
+    where = inspect.getfile(obj)
+  except TypeError:  # defined in a module that is not in sys.modules
+    where = getattr(obj, '__module__', '?')
+  return f'{where}:{getattr(obj, "__qualname__", type(obj).__qualname__)}'
 
 
 def did_you_mean(name: Any, known) -> str:
