@@ -159,6 +159,28 @@ def test_kill_9_mid_sweep_and_resume_loses_and_duplicates_nothing(tmp_path):
     assert n in (1, 2) if 'retry_of' in t.user_attrs else n == 1, (t.number, n)
 
 
+def test_a_dataset_without_validation_split_is_recorded_as_selected_on_train(tmp_path):
+  """Training selects on the training split when the data has no validation split
+  (results.json: select_metric 'train/nelbo'): the sweep tells that value and names it
+  'train/nelbo', not 'val/nelbo'."""
+  def train_on_train_split(config, run_dir):
+    out = sw.fake_train(config, run_dir)
+    for m in out['members']:
+      m['train/nelbo'] = m.pop('val/nelbo')
+    return dict(out, select_metric='train/nelbo')
+
+  out = runner.run_sweep(sw.base_config(), sw.SPACE, 'random', 4, tmp_path, batch=2,
+                         train_fn=train_on_train_split)
+  study = _study(tmp_path)
+  done = study.get_trials(states=(TS.COMPLETE,))
+  assert len(done) == 4
+  for t in done:
+    assert t.value == pytest.approx(sw.objective(t.params, t.params['optim.name']))
+    assert t.user_attrs['select_metric'] == 'train/nelbo'
+  assert study.user_attrs['metric'] == out['metric'] == 'train/nelbo'
+  assert out['rows'][0]['metric'] == 'train_nelbo'
+
+
 def test_two_concurrent_workers_split_the_budget(tmp_path):
   procs = [_worker(tmp_path, 'bayes', 10, 2, 0.8) for _ in range(2)]
   for p in procs:

@@ -19,8 +19,11 @@
   hyperparameter, `research.population.member_keys`) train as one
   ``population_mode='zip'`` population through `train_and_evaluate`, in
   ``workdir/runs/<hash of the population>``. Every trial uses the config's
-  seed. Each member's validation value of the task's selection metric (with
-  its best parameters; never the test split) is told back; a diverged member
+  seed. Each member's value of the task's selection metric on the split the
+  run selected on (results.json ``select_metric``: validation, or training for
+  data without a validation split; never the test split; with its best
+  parameters) is told back, and the study's ``metric`` and each trial's
+  ``select_metric`` name that split; a diverged member
   or a non-finite value is told as FAIL (``user_attrs['fail_reason'] =
   'diverged'``) and the sweep goes on.
 * **Crash safety.** Each worker holds an ``fcntl`` lock on
@@ -346,7 +349,9 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
       if 'method' not in saved:
         for k, v in signature.items():
           study.set_user_attr(k, v)
-        study.set_user_attr('metric', f'val/{metric}')
+        # The split comes with the first population's results ('val/nelbo', or
+        # 'train/nelbo' for data without a validation split); until then the bare name.
+        study.set_user_attr('metric', metric)
         if method in ('grid', 'random'):
           for i, point in enumerate(planned or _plan(method, space, trials, seed)):
             study.enqueue_trial(point, user_attrs={'point': i})
@@ -415,9 +420,12 @@ def _train_batch(study, config, asked, member_keys, metric, workdir, train_fn):
         continue
       raise
     wall = time.time() - t0
-    split = 'val' if f'val/{metric}' in out['members'][0] else 'train'
+    selected = _selected_metric(out, metric)
+    if study.user_attrs.get('metric') != selected:
+      study.set_user_attr('metric', selected)
     for (t, _, _), m in zip(items, out['members']):
-      value = m.get(f'{split}/{metric}', float('nan'))
+      value = m.get(selected, float('nan'))
+      t.set_user_attr('select_metric', selected)
       t.set_user_attr('run', str(run_dir.relative_to(workdir)))
       t.set_user_attr('member', m['member'])
       t.set_user_attr('population_size', len(items))
@@ -430,3 +438,12 @@ def _train_batch(study, config, asked, member_keys, metric, workdir, train_fn):
         study.tell(t, state=TrialState.FAIL)
       else:
         study.tell(t, value)
+
+
+def _selected_metric(out: Mapping[str, Any], metric: str) -> str:
+  """The split-qualified metric the run selected on ('val/nelbo', or 'train/nelbo' for
+  data without a validation split): results.json's ``select_metric``, else the
+  validation metric when the members report it."""
+  if out.get('select_metric'):
+    return str(out['select_metric'])
+  return f'val/{metric}' if f'val/{metric}' in out['members'][0] else f'train/{metric}'
