@@ -21,6 +21,7 @@ when the training loss has not improved for 50 epochs (floor 1e-4), the model
 with the lowest training loss kept.
 """
 from research import configlib
+from research.data import ucr
 from research.data.preprocess import NORMALIZE
 from research.defaults import base_config
 
@@ -36,10 +37,14 @@ MODELS = {
                  readout='last'),
     'mlp': dict(name='mlp', hidden=400, dropout=0.1),
 }
-# Training-set sizes of the bundled sets we use (for Fawaz's batch rule without loading).
-TRAIN_SIZE = {'GunPoint': 50, 'ItalyPowerDemand': 67, 'BasicMotions': 40, 'JapaneseVowels': 270}
 VARIANTS = dict(model=configlib.one_of('fcn', MODELS), dataset='GunPoint', epochs=500, val=0.0,
                 augment='', normalize=configlib.one_of('none', NORMALIZE), quick=False)
+
+
+def fawaz_batch_size(n_train: int) -> int:
+  """Fawaz et al. 2019's batch size: min(N_train / 10, 16), at least 1; N_train is the
+  archive's training split (read from the set's TRAIN file, before a validation carve)."""
+  return max(1, min(n_train // 10, 16))
 
 
 def get_config(arg=None):
@@ -61,7 +66,7 @@ def get_config(arg=None):
   c.optim.plateau_patience = 50
   c.optim.plateau_window = 0  # one epoch
   c.optim.plateau_min_scale = 0.1  # 1e-3 -> 1e-4
-  c.train.batch_size = max(1, min(TRAIN_SIZE.get(a.dataset, 160) // 10, 16))
+  c.train.batch_size = fawaz_batch_size(ucr.train_size(a.dataset))
   c.train.epochs = a.epochs
   c.train.eval_every = 10
   c.train.eval_batch_size = 512

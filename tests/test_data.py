@@ -185,3 +185,18 @@ def test_missing_music_file_names_the_path_and_the_key(tmp_path):
     data.load_dataset(ml_collections.ConfigDict(dict(name='music')))
   with pytest.raises(UserError, match=r'data\.path is not set'):
     data.load_dataset(_music(''))
+
+
+@pytest.mark.parametrize('name', ['ArrowHead', 'ACSF1', 'UnitTest', 'GunPoint', 'JapaneseVowels'])
+def test_ucr_config_batch_is_fawaz_rule_of_the_loaded_training_set(name):
+  """configs/ucr.py: batch min(N_train / 10, 16) (Fawaz et al. 2019) for every bundled
+  set, N_train the size of the set's training split as the loader reads it: ArrowHead
+  (36 series) trains with batch 3, not the 16 of a set missing from a size table."""
+  from research import cli
+  from research.data import ucr
+  n_train = len(ucr.read_split(name, 'TRAIN')[1])
+  expected = max(1, min(n_train // 10, 16))
+  assert cli.load_config('configs/ucr.py', f'dataset={name}').train.batch_size == expected
+  assert cli.load_config('configs/ucr.py', f'dataset={name},val=0.2').train.batch_size == expected
+  if name == 'ArrowHead':
+    assert expected == 3

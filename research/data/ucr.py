@@ -25,6 +25,7 @@ Config keys:
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import ml_collections
@@ -48,6 +49,13 @@ def bundled() -> list[str]:
   root = _data_dir()
   return sorted(p.name for p in root.iterdir()
                 if (p / f'{p.name}_TRAIN.ts').is_file() and (p / f'{p.name}_TEST.ts').is_file())
+
+
+@functools.lru_cache(maxsize=None)
+def train_size(name: str) -> int:
+  """The number of series in the set's TRAIN split, as `load` reads it (before any
+  validation carve): what a config needs to size batches before training."""
+  return len(read_split(name, 'TRAIN')[1])
 
 
 def read_split(name: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
