@@ -51,7 +51,7 @@ def get_config(arg=None):
   c.data.name = 'digits_images'
   c.data.split = 'tomczak'
   c.data.num_train = 0
-  c.model = c.model.__class__(dict(
+  c.model = configlib.model(dict(
       name='vae', encoder=a.encoder, decoder=a.decoder or a.encoder, latent=a.latent,
       hidden=(a.hidden, a.hidden), channels=(32, 64), likelihood=a.likelihood,
       num_levels=17, gaussian_variance='fixed', sigma=0.1, image_shape=(8, 8, 1)))

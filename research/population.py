@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from research import configlib
+from research import configlib, optim
 
 
 def parse_spec(spec: str) -> dict[str, list[float]]:
@@ -40,7 +40,6 @@ def parse_spec(spec: str) -> dict[str, list[float]]:
 
 
 def member_keys(task_keys: tuple[str, ...]) -> tuple[str, ...]:
-  from research import optim
   return ('seed',) + optim.HPARAM_KEYS + ('train.input_noise',) + tuple(task_keys)
 
 

@@ -179,7 +179,3 @@ def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
         out.append(pt)
     points = out
   return points
-
-
-def grid_size(space: Mapping[str, Param]) -> int:
-  return len(grid_points(space))
