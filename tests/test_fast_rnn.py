@@ -336,13 +336,13 @@ def test_hand_written_padding_garbage_never_reaches_gradients(cell):
     ('configs/ucr.py', 'model=lstm_fcn'), ('configs/video.py', 'model=lrcn'),
     ('configs/text.py', 'model=cnn_lstm'), ('configs/synthetic.py', None)])
 def test_config_switch_model_fast_reaches_the_layer(path, arg):
-  """`--config.model.fast=False` exists on every config with a recurrent layer and
+  """`--config.model.rnn.fast=False` exists on every config with a recurrent layer and
   swaps the custom-VJP op for the autodiff scan (seen in the traced program); on
   MNIST-1D's recurrent models the two give the same gradients."""
   from research import cli
   from research.models import build_model
   config = cli.load_config(path, arg)
-  assert config.model.fast is True
+  assert config.model.rnn.fast is True
   shapes = {'mnist1d': (2, 40, 1), 'ucr': (2, 12, 3), 'video': (2, 4, 16, 16),
             'synthetic': (2, 10, 2)}
   name = path.split('/')[1][:-3]
@@ -352,7 +352,7 @@ def test_config_switch_model_fast_reaches_the_layer(path, arg):
     x = jax.random.normal(jax.random.PRNGKey(0), shapes[name])
   grads, custom = [], []
   for fast in (True, False):
-    config.model.fast = fast
+    config.model.rnn.fast = fast
     model = build_model(config.model, {'num_outputs': 3, 'num_classes': 3})
 
     def loss(params, variables):

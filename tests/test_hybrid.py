@@ -183,10 +183,10 @@ def test_convlstm_peepholes_follow_shi_et_al_equation_3():
     jax.config.update('jax_enable_x64', False)
 
 
-@pytest.mark.parametrize('cfg', [dict(name='lrcn', channels=(4,), hidden=8),
-                                 dict(name='lrcn', channels=(4,), cell='none'),
+@pytest.mark.parametrize('cfg', [dict(name='lrcn', channels=(4,), rnn=dict(hidden=8)),
+                                 dict(name='lrcn', channels=(4,), rnn=dict(cell='none')),
                                  dict(name='convlstm', features=(4,), input_pool=2),
-                                 dict(name='rnn', cell='lstm', hidden=4, readout='last')])
+                                 dict(name='rnn', rnn=dict(cell='lstm', hidden=4), readout='last')])
 def test_clip_models_run_on_clips(cfg):
   from research.models import build_model
   m = build_model(ml_collections.ConfigDict(cfg), {'num_classes': 40})
@@ -198,7 +198,7 @@ def test_clip_models_run_on_clips(cfg):
 def test_lrcn_without_recurrence_is_blind_to_frame_order():
   x = jax.random.normal(jax.random.key(0), (2, 5, 12, 12))
   for cell, blind in (('none', True), ('lstm', False)):
-    m = hybrid.LRCN(channels=(4,), cell=cell, hidden=8)
+    m = hybrid.LRCN(channels=(4,), rnn=dict(cell=cell, hidden=8))
     v = m.init(jax.random.key(1), x)
     same = np.allclose(m.apply(v, x), m.apply(v, x[:, ::-1]), atol=1e-5)
     assert same == blind
@@ -230,9 +230,11 @@ def test_causal_conv1d_is_left_padded_nn_conv():
   np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), atol=1e-5)
 
 
-@pytest.mark.parametrize('kw', [dict(), dict(channels=()), dict(cell='none', channels=(8, 8), kernels=(3, 3))])
+@pytest.mark.parametrize('kw', [dict(), dict(channels=()),
+                                dict(rnn=dict(cell='none'), channels=(8, 8), kernels=(3, 3))])
 def test_char_lm_is_causal(kw):
-  m = text_models.CharLM(embed=8, hidden=16, num_outputs=20, **{'channels': (8,), **kw})
+  m = text_models.CharLM(embed=8, num_outputs=20,
+                         **{'channels': (8,), 'rnn': dict(hidden=16), **kw})
   x = jnp.asarray(np.random.default_rng(0).integers(0, 20, (2, 12)), jnp.int32)
   v = m.init(jax.random.key(0), x)
   out = m.apply(v, x)
@@ -243,7 +245,7 @@ def test_char_lm_is_causal(kw):
 
 
 def test_greedy_sampling_equals_stepwise_argmax():
-  m = text_models.CharLM(embed=8, channels=(8,), kernels=(3,), hidden=16, num_outputs=11)
+  m = text_models.CharLM(embed=8, channels=(8,), kernels=(3,), rnn=dict(hidden=16), num_outputs=11)
   v = m.init(jax.random.key(0), jnp.zeros((1, 6), jnp.int32))
   prime = jnp.asarray([1, 2, 3], jnp.int32)
   out = text_models.sample(m, v, prime, 9, jax.random.key(1), temperature=0.0, context=6)

@@ -185,12 +185,13 @@ MASKED_MODELS = {
     'fcn_layernorm': dict(name='fcn', channels=(8, 8), kernels=(5, 3), norm='layer'),
     'conv_lstm_strided_pooled': dict(
         name='cnn_rnn', channels=(6, 6), kernels=(3, 3), strides=(2, 1), padding='same',
-        norm='batch', pool=2, cell='lstm', hidden=5, num_layers=2, bidirectional=True,
+        norm='batch', pool=2, rnn=dict(cell='lstm', hidden=5, num_layers=2, bidirectional=True),
         readout='last'),
     'conv_gru_mean': dict(name='cnn_rnn', channels=(6,), kernels=(5,), strides=(1,),
-                          padding=2, cell='gru', hidden=4, bidirectional=False, readout='mean'),
-    'lstm_fcn_temporal': dict(name='lstm_fcn', channels=(8, 8, 8), kernels=(8, 5, 3), hidden=4,
-                              lstm_input='temporal'),
+                          padding=2, rnn=dict(cell='gru', hidden=4, bidirectional=False),
+                          readout='mean'),
+    'lstm_fcn_temporal': dict(name='lstm_fcn', channels=(8, 8, 8), kernels=(8, 5, 3),
+                              rnn=dict(hidden=4), lstm_input='temporal'),
 }
 
 
@@ -234,7 +235,8 @@ def test_lstm_fcn_shuffle_branch_reads_the_transposed_series():
   """Dimension shuffle: the LSTM branch sees C steps of T features, so for a
   univariate series it is one step and the series' order only matters through
   the input weights (permuting time changes only the FCN branch's input)."""
-  cfg = dict(name='lstm_fcn', channels=(4, 4, 4), kernels=(3, 3, 3), hidden=3, dropout=0.0)
+  cfg = dict(name='lstm_fcn', channels=(4, 4, 4), kernels=(3, 3, 3), rnn=dict(hidden=3),
+             dropout=0.0)
   model = build_model(ml_collections.ConfigDict(cfg), {'num_classes': 2})
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 1))
   v = model.init(jax.random.PRNGKey(1), x)
