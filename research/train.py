@@ -110,8 +110,9 @@ class Trainer:
 
     # Members are initialised one after another (lax.map), not vmapped: under vmap the
     # orthogonal initialiser's QR becomes one batched LAPACK call, which on jaxlib 0.10
-    # can deadlock XLA:CPU's thread pool (docs/known-problems.md). The parameters are
-    # the same either way (tests/test_train.py); init runs once per run.
+    # can deadlock XLA:CPU's thread pool (docs/known-problems.md). With XLA's default
+    # optimisations the parameters are bit-identical either way, and equal to each
+    # member's solo init (tests/test_init_workaround.py); init runs once per run.
     self.init = jax.jit(lambda hp: jax.lax.map(self.init_member, hp))
     self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, 0, None)),
                                donate_argnums=0)
