@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +168,20 @@ def _orbax_errors_dropped():
       old_unraisable(u)
 
   sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+  before = set(threading.enumerate())
   try:
     yield
   except Exception:
-    # Tasks Orbax left behind are collected later, each logged by asyncio as 'Task
-    # exception was never retrieved': after a failed write that is noise too.
+    # Orbax's writer threads go on failing for a moment after the error reached us;
+    # let them finish now, not during interpreter shutdown. Their later log lines and
+    # the tasks they leave behind (asyncio: 'Task exception was never retrieved') are
+    # echoes of the same failure, so the filters stay on for the rest of the process.
+    for t in set(threading.enumerate()) - before:
+      if t is not threading.current_thread() and not t.daemon:
+        t.join(timeout=30)
     logging.getLogger('asyncio').setLevel(logging.CRITICAL + 1)
-    sys.unraisablehook = unraisablehook
     raise
   else:
     sys.excepthook, sys.unraisablehook = old_except, old_unraisable
-  finally:
     for h in handlers:
       h.removeFilter(f)

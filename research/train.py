@@ -386,8 +386,9 @@ def _writer_thread_errors_logged() -> None:
 
   def hook(args):
     frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
-    if issubclass(args.exc_type, OSError) and any(
-        'tensorboardX' in f.filename or '/orbax/' in f.filename for f in frames):
+    ours = any('tensorboardX' in f.filename or '/orbax/' in f.filename for f in frames)
+    if ours and (issubclass(args.exc_type, OSError) or 'cannot schedule new futures' in
+                 str(args.exc_value)):
       logging.warning('background writer stopped: %s', args.exc_value)
     else:
       old(args)
