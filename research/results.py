@@ -140,13 +140,13 @@ def member_summary(out: dict, workdir: str | os.PathLike | None = None) -> str:
   the test one, keeps the test split for the final word."""
   sel = out.get('select_metric') or 'val/loss'
   metric = sel.split('/', 1)[1]
+  from research import population
   members = out['members']
-  varied = sorted({k for m in members for k in m['hparams']
-                   if len({mm['hparams'][k] for mm in members}) > 1 and k != 'seed'})
+  varied = population.varied_keys([m['hparams'] for m in members])
   groups: dict[str, list[dict]] = {}
   for m in members:
-    groups.setdefault(','.join(f'{k.split(".")[-1]}={m["hparams"][k]:g}' for k in varied)
-                      or out['experiment'], []).append(m)
+    groups.setdefault(population.group_name(m['hparams'], varied) or out['experiment'],
+                      []).append(m)
 
   def mean(ms, key):
     vals = [m[key] for m in ms if m.get(key) is not None and not m['diverged']]

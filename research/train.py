@@ -402,13 +402,12 @@ class _Progress:
   evaluation instead of thousands of carriage returns. The bar starts after the
   first (compiling) epoch, so its rate and ETA are those of training."""
 
-  def __init__(self, config, start_epoch: int, patience: int, eval_every: int):
+  def __init__(self, config, patience: int, eval_every: int):
     self.enabled = bool(config.train.progress)
     self.tty = self.enabled and sys.stderr.isatty()
-    self.name, self.epochs, self.start = config.experiment, int(config.train.epochs), start_epoch
+    self.name, self.epochs = config.experiment, int(config.train.epochs)
     self.patience, self.eval_every = patience, eval_every
     self.bar = None
-    self.t_first = None
 
   def epoch_done(self, done: int) -> None:
     if not self.tty:
@@ -548,7 +547,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   eval_every = max(1, int(config.train.eval_every))
   select = run.select_split
   logger = _Logger(workdir, start_epoch, members, run.varied)
-  progress = _Progress(config, start_epoch, trainer.patience, eval_every)
+  progress = _Progress(config, trainer.patience, eval_every)
   # Wall time and first-epoch time add up over resumed pieces (kept in the checkpoint's meta).
   t_start = time.time() - float(meta.get('train_time_s', 0.0))
   first_epoch_s = meta.get('first_epoch_s', meta.get('compile_time_s'))
