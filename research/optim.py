@@ -18,14 +18,29 @@ The chain, in order::
 so the effective step size is ``lr * multiplier(step)``: identical to optax's
 ``adam``/``adamw``/``sgd`` given the schedule ``lr * multiplier``. For
 'plateau' the update must receive ``value=loss`` (the training loop does).
+
+Rules as member data. The optimizer's *rule* -- ``optim.name``,
+``optim.nesterov`` and ``optim.schedule`` (``RULE_KEYS``) -- changes the
+chain's structure, so it cannot be an injected array. Members may still differ
+in it: ``build_optimizer(..., rules=[{'name': 'sgd', 'nesterov': True}, ...])``
+builds one chain per rule (the config with that rule's overrides, the same
+clip/decay/momentum stages) and keeps all of their states in a ``RulesState``
+whose ``rule`` is an int32 array, set per member by ``set_hparams`` from
+``hp['optim.rule']``. ``update`` runs every chain and keeps, with
+``jnp.where``, the updates and the advanced state of rule ``rule`` only; the
+other rules' states are returned unchanged. Each member thus steps as a solo
+run of its own rule would, at the cost of computing all R updates. With
+``rules=None`` the state is the plain injected state, as before.
+``schedule_multipliers`` gives the per-rule schedules ``step_size`` then takes.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 # Numeric optimizer settings that may differ between population members.
@@ -35,6 +50,29 @@ _INJECTED = {'optim.lr': 'learning_rate', 'optim.weight_decay': 'weight_decay',
 
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'exponential', 'step', 'plateau')
 OPTIMIZERS = ('adam', 'rmsprop', 'sgd')
+
+# Structural settings that may differ between members as data: see ``RulesState``.
+RULE_KEYS = ('optim.name', 'optim.nesterov', 'optim.schedule')
+_RULE_FIELDS = {'name': str, 'nesterov': bool, 'schedule': str}
+
+
+class RulesState(NamedTuple):
+  """State of ``build_optimizer(..., rules=...)``: ``states[k]`` is rule k's own
+  optimizer state; ``rule`` (int32 scalar, per member) is the one that steps."""
+  rule: jnp.ndarray
+  states: tuple
+
+
+def rule_config(config: ml_collections.ConfigDict,
+                rule: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with a rule's overrides (short names, e.g. ``'name'``)."""
+  unknown = sorted(set(rule) - set(_RULE_FIELDS))
+  if unknown:
+    raise ValueError(f'Unknown optimizer rule key {unknown[0]!r}; known: {list(_RULE_FIELDS)}')
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  for key, value in rule.items():
+    cfg[key] = _RULE_FIELDS[key](value)
+  return cfg
 
 
 def schedule_multiplier(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -56,16 +94,28 @@ def schedule_multiplier(config: ml_collections.ConfigDict, total_steps: int) -> 
   raise ValueError(f'Unknown optim.schedule {name!r}; known: {list(SCHEDULES)}')
 
 
+def schedule_multipliers(config: ml_collections.ConfigDict, total_steps: int,
+                         rules: Sequence[Mapping[str, Any]]) -> tuple[optax.Schedule, ...]:
+  """``schedule_multiplier`` of each rule's config, in rule order."""
+  return tuple(schedule_multiplier(rule_config(config, r), total_steps) for r in rules)
+
+
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                     clip: bool | None = None, decay: bool | None = None,
                     momentum: bool | None = None,
-                    steps_per_epoch: int = 1) -> optax.GradientTransformationExtraArgs:
+                    steps_per_epoch: int = 1,
+                    rules: Sequence[Mapping[str, Any]] | None = None,
+                    ) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer. ``clip``/``decay``/``momentum`` force those stages
   in or out (a population includes them when any member uses them; a member
   with momentum 0 inside a momentum stage steps exactly like plain SGD).
   For 'plateau', ``plateau_window=0`` averages the loss over one epoch
   (``steps_per_epoch`` updates), so ``plateau_patience`` counts epochs, as
-  Keras' ReduceLROnPlateau does."""
+  Keras' ReduceLROnPlateau does. ``rules``: None, or R >= 1 dicts of
+  overrides of ``name``/``nesterov``/``schedule``, giving a ``RulesState``
+  optimizer that steps rule ``state.rule`` (module docstring)."""
+  if rules is not None:
+    return _build_rules(config, total_steps, clip, decay, momentum, steps_per_epoch, rules)
   if config.name not in OPTIMIZERS:
     raise ValueError(f'Unknown optim.name {config.name!r}; known: {list(OPTIMIZERS)}')
   clip = config.clip_norm > 0 if clip is None else clip
@@ -102,13 +152,58 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int,
       clip_norm=_clip_value(config.clip_norm), momentum=config.momentum)
 
 
+def _build_rules(config, total_steps, clip, decay, momentum, steps_per_epoch, rules):
+  rules = list(rules)
+  if not rules:
+    raise ValueError('optimizer rules: need at least one rule, got []')
+  txs = tuple(build_optimizer(rule_config(config, r), total_steps, clip=clip, decay=decay,
+                              momentum=momentum, steps_per_epoch=steps_per_epoch)
+              for r in rules)
+
+  def init_fn(params):
+    return RulesState(rule=jnp.zeros((), jnp.int32), states=tuple(tx.init(params) for tx in txs))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    rule = _selected(state)
+    out, states = None, []
+    for k, tx in enumerate(txs):
+      u, new = tx.update(updates, state.states[k], params, **extra_args)
+      chosen = rule == k
+      out = u if out is None else _where(chosen, u, out)
+      states.append(_where(chosen, new, state.states[k]))
+    return out, RulesState(rule=state.rule, states=tuple(states))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _selected(state: RulesState) -> jnp.ndarray:
+  # An index outside [0, R) (only possible when traced) is clamped.
+  return jnp.clip(state.rule, 0, len(state.states) - 1)
+
+
+def _where(cond, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
+
+
 def _clip_value(c):
   # A member that does not clip inside a population that does: clip at +inf.
   return jnp.where(jnp.asarray(c) > 0, c, jnp.inf)
 
 
 def set_hparams(opt_state: Any, hp: dict[str, Any]) -> Any:
-  """Writes per-member values (possibly traced) into an injected opt_state."""
+  """Writes per-member values (possibly traced) into an injected opt_state; for a
+  ``RulesState`` also the rule index ``hp['optim.rule']`` and every rule's values."""
+  if isinstance(opt_state, RulesState):
+    rule = opt_state.rule
+    if 'optim.rule' in hp:
+      r = hp['optim.rule']
+      n = len(opt_state.states)
+      if not isinstance(r, jax.core.Tracer):
+        bad = [int(v) for v in np.ravel(r) if not 0 <= int(v) < n]
+        if bad:
+          raise ValueError(f'optim.rule {bad[0]} out of range; {n} rules')
+      rule = jnp.asarray(r, jnp.int32)
+    return RulesState(rule=rule, states=tuple(set_hparams(s, hp) for s in opt_state.states))
   values = {}
   for key, name in _INJECTED.items():
     if key in hp:
@@ -129,9 +224,22 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
 
-def step_size(opt_state: Any, multiplier: optax.Schedule, step) -> jnp.ndarray:
+def step_size(opt_state: Any, multiplier: optax.Schedule | Sequence[optax.Schedule],
+              step) -> jnp.ndarray:
   """The learning rate a member's next update uses: ``lr * multiplier(step)``, times
-  reduce-on-plateau's current scale when the schedule is 'plateau'."""
+  reduce-on-plateau's current scale when the schedule is 'plateau'. For a
+  ``RulesState``, ``multiplier`` is ``schedule_multipliers(...)`` and the result
+  is the selected rule's step size."""
+  if isinstance(opt_state, RulesState):
+    if len(multiplier) != len(opt_state.states):
+      raise ValueError(f'step_size: {len(multiplier)} multipliers for '
+                       f'{len(opt_state.states)} rules')
+    rule = _selected(opt_state)
+    sizes = [step_size(s, m, step) for s, m in zip(opt_state.states, multiplier)]
+    out = sizes[0]
+    for k, size in enumerate(sizes[1:], start=1):
+      out = jnp.where(rule == k, size, out)
+    return out
   lr = opt_state.hyperparams['learning_rate'] * multiplier(step)
   scales = [s.scale for s in jax.tree.leaves(
       opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState))
