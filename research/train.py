@@ -45,6 +45,7 @@ import optax
 
 from research import checkpoint as ckpt_lib
 from research import augment, configlib, errors, optim, population, provenance, results
+from research import structure as structure_lib
 from research.data import Dataset, load_dataset
 from research.models import build_model
 from research.tasks import Task, make_task, mean_over_batch
@@ -74,6 +75,10 @@ class MemberState:
   best_model_state: Any
 
 
+def _masked(tree, mask):
+  return jax.tree.map(lambda x, m: jnp.where(m > 0, x, jnp.zeros_like(x)), tree, mask)
+
+
 def _all_finite(tree) -> jnp.ndarray:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
@@ -83,11 +88,16 @@ class Trainer:
   """Holds the jitted, vmapped functions for one model/task/optimizer."""
 
   def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset,
-               members: list[dict[str, Any]], task: Task):
+               members: list[dict[str, Any]], task: Task,
+               plan: structure_lib.Plan | None = None):
     self.config = config
     self.task = task
     self.members = members
-    self.model = build_model(config.model, dataset.info)
+    self.plan = plan
+    # With varied structure the program runs the population's widest, mixed model.
+    self.model = build_model(plan.model_config if plan else config.model, dataset.info)
+    self.masked = plan is not None and plan.mixes_model
+    rules = plan.rules if plan is not None else None
     n_train = len(dataset.train['x'])
     self.batch_size = int(config.train.batch_size)
     self.steps_per_epoch = n_train // self.batch_size
@@ -100,8 +110,9 @@ class Trainer:
         clip=any(m['optim.clip_norm'] > 0 for m in members),
         decay=any(m['optim.weight_decay'] > 0 for m in members),
         momentum=any(m['optim.momentum'] > 0 for m in members),
-        steps_per_epoch=self.steps_per_epoch)
-    self.multiplier = optim.schedule_multiplier(config.optim, self.total_steps)
+        steps_per_epoch=self.steps_per_epoch, rules=rules)
+    self.multiplier = (optim.schedule_multipliers(config.optim, self.total_steps, rules)
+                       if rules else optim.schedule_multiplier(config.optim, self.total_steps))
     self.sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
     self.maximize = task.select_mode == 'max'
     self.patience = int(config.train.patience)
@@ -113,7 +124,8 @@ class Trainer:
     # can deadlock XLA:CPU's thread pool (docs/known-problems.md). With XLA's default
     # optimisations the parameters are bit-identical either way, and equal to each
     # member's solo init (tests/test_init_workaround.py); init runs once per run.
-    self.init = jax.jit(lambda hp: jax.lax.map(self.init_member, hp))
+    self.init = (self._init_embedded if self.masked else
+                 jax.jit(lambda hp: jax.lax.map(self.init_member, hp)))
     self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, 0, None)),
                                donate_argnums=0)
     self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, 0, 0, None)))
@@ -121,12 +133,37 @@ class Trainer:
 
   # ---- per-member pure functions (vmapped above) ----
 
-  def init_member(self, hp: dict[str, jnp.ndarray]) -> MemberState:
-    rng = jax.random.PRNGKey(hp['seed'])
+  def init_variables(self, model, seed) -> tuple[jnp.ndarray, dict]:
+    """A member's rng and the variables ``model`` draws for it from its seed."""
+    rng = jax.random.PRNGKey(seed)
     rng, init_rng, drop_rng = jax.random.split(rng, 3)
     extra = {'lengths': self.sample['lengths']} if 'lengths' in self.sample else {}
-    variables = self.model.init({'params': init_rng, 'dropout': drop_rng},
-                                self.sample['x'], train=False, **extra)
+    variables = model.init({'params': init_rng, 'dropout': drop_rng},
+                           self.sample['x'], train=False, **extra)
+    return rng, variables
+
+  def init_member(self, hp: dict[str, jnp.ndarray]) -> MemberState:
+    rng, variables = self.init_variables(self.model, hp['seed'])
+    return self.member_state(hp, rng, variables)
+
+  def _init_embedded(self, hp: dict) -> MemberState:
+    """Each member's variables drawn by its own (solo) model, embedded in the
+    program's shapes (`research.structure.Plan.embed`)."""
+    plan, K = self.plan, len(self.members)
+    seeds = np.asarray(hp['seed'])
+    rngs, embedded = [None] * K, [None] * K
+    for kind, model in enumerate(plan.own_models):
+      idx = [i for i in range(K) if plan.member_kind[i] == kind]
+      draw = jax.jit(lambda s, model=model: jax.lax.map(
+          lambda x: self.init_variables(model, x), s))
+      r, v = jax.device_get(draw(jnp.asarray(seeds[idx])))
+      for j, i in enumerate(idx):
+        rngs[i] = r[j]
+        embedded[i] = plan.embed(i, jax.tree.map(lambda a: a[j], v))
+    variables = jax.tree.map(lambda *xs: np.stack(xs), *embedded)
+    return jax.jit(jax.vmap(self.member_state))(hp, jnp.asarray(np.stack(rngs)), variables)
+
+  def member_state(self, hp: dict, rng: jnp.ndarray, variables: dict) -> MemberState:
     params = variables['params']
     model_state = {k: v for k, v in variables.items() if k != 'params'}
     opt_state = optim.set_hparams(self.tx.init(params), hp)
@@ -167,7 +204,11 @@ class Trainer:
 
     (loss, (metrics, new_model_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
+    if self.masked:  # padding and parameters a member lacks: no gradient, no update
+      grads = _masked(grads, hp['_mask'])
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params, value=loss)
+    if self.masked:
+      updates = _masked(updates, hp['_mask'])
     params = optax.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['lr'] = optim.step_size(state.opt_state, self.multiplier, state.step)
@@ -319,7 +360,8 @@ class _Logger:
     for i, m in enumerate(members):
       w = SummaryWriter(str(workdir / 'tensorboard' / f'member_{i}'))
       if resume_epoch == 0:
-        shown = {k: m[k] for k in (varied or list(m))}
+        shown = {k: (m[k] if isinstance(m[k], (int, float, str, bool)) else str(m[k]))
+                 for k in (varied or list(m))}
         for summary in hparams(shown, {'hparam/best_selection_metric': 0.0}):
           w.file_writer.add_summary(summary)
       self.tb.append(w)
@@ -457,6 +499,21 @@ class Setup:
   train_data: dict
   eval_data: dict
   select_split: str
+  plan: structure_lib.Plan | None = None
+
+  def member_variables(self, state: MemberState, i: int) -> dict:
+    """Member i's best variables in its own shapes: those its solo run would have
+    (padding and parameters its variant lacks cut away)."""
+    v = member_variables(state, i)
+    if self.plan is None or not self.plan.mixes_model:
+      return v
+    return self.plan.extract(i, {k: x for k, x in v.items() if k != structure_lib.STRUCTURE})
+
+  def member_model(self, i: int):
+    """The model member i's variables (`member_variables`) are applied with."""
+    if self.plan is None or not self.plan.mixes_model:
+      return self.trainer.model
+    return self.plan.member_model(i)
 
   def init_state(self) -> MemberState:
     state = self.trainer.init(self.hp)
@@ -471,14 +528,23 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   task = make_task(config.task)
   members = population.expand(config, task.hparam_keys)
   dataset = load_dataset(config.data)
-  trainer = Trainer(config, dataset, members, task)
+  plan = structure_lib.make_plan(config, members, task.hparam_keys,
+                                 abstract_init(dataset)) if len(members) > 1 else None
+  trainer = Trainer(config, dataset, members, task, plan)
   K = len(members)
   shard, replicated = member_sharding(K)
   n_shards = 1 if shard is None else shard.mesh.devices.size
   put = (lambda x: jax.device_put(x, shard)) if shard else jnp.asarray
   put_shared = (lambda x: jax.device_put(x, replicated)) if replicated else jnp.asarray
-  hp = jax.tree.map(put, population.stack(members))
-  jax.eval_shape(trainer.init, hp)  # model and data shapes agree, before anything is written
+  host_hp = population.stack(members)
+  if plan is not None:
+    host_hp['optim.rule'] = np.asarray(plan.member_rule, np.int32)
+    if plan.mixes_model:
+      host_hp['_mask'] = jax.tree.map(lambda *xs: np.stack(xs),
+                                      *[plan.mask(i) for i in range(K)])
+  hp = jax.tree.map(put, host_hp)
+  if not trainer.masked:  # model and data shapes agree, before anything is written
+    jax.eval_shape(trainer.init, hp)  # (a plan has already traced every member's model)
   eval_bs = int(config.train.eval_batch_size)
   splits = {'val': dataset.val, 'test': dataset.test}
   eval_data = {name: jax.tree.map(put_shared, batch_split(s, eval_bs))
@@ -489,7 +555,19 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     eval_data['train'] = jax.tree.map(put_shared, batch_split(dataset.train, eval_bs))
   return Setup(config, task, members, population.varied_keys(members), dataset, trainer,
                shard, n_shards, hp, jax.tree.map(put_shared, dataset.train), eval_data,
-               select_split)
+               select_split, plan)
+
+
+def abstract_init(dataset: Dataset):
+  """``model_config -> (model, abstract variables)`` on one example of ``dataset``."""
+  sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
+  extra = {'lengths': sample['lengths']} if 'lengths' in sample else {}
+
+  def init(model_config):
+    model = build_model(model_config, dataset.info)
+    keys = {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}
+    return model, jax.eval_shape(lambda: model.init(keys, sample['x'], train=False, **extra))
+  return init
 
 
 def _finished(state: MemberState, epoch: int, epochs: int) -> bool:
@@ -678,16 +756,21 @@ def _final_results(run: Setup, state: MemberState, meta: dict, workdir: Path,
   flags = _host({'diverged': state.diverged, 'best_epoch': state.best_epoch,
                  'step': state.step, 'diverged_step': state.diverged_step})
   member_results = []
+  mixed = run.plan is not None and run.plan.mixes_model
   for i, m in enumerate(run.members):
     member_results.append({
         'member': i, 'hparams': m, 'best_epoch': int(flags['best_epoch'][i]),
         'steps': int(flags['step'][i]), 'diverged': bool(flags['diverged'][i]),
         'diverged_step': int(flags['diverged_step'][i]) if flags['diverged'][i] else None,
+        **({'num_params': run.plan.num_params(i)} if mixed else {}),
         **{f'{s}/{k}': float(v[i]) for s, vals in final.items() for k, v in vals.items()}})
   rows = results.group_rows(run.config.experiment, run.task, run.members, run.varied,
                             member_results)
   K = len(run.members)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params)) // K
+  # With varied structure, each member counts only its own parameters; the run's
+  # figure is its largest member's.
+  n_params = (max(r['num_params'] for r in member_results) if mixed else
+              sum(x.size for x in jax.tree.leaves(state.params)) // K)
   return results.write(
       workdir / 'results.json', run.config.experiment, rows,
       members=member_results, num_members=K, num_params=int(n_params),
@@ -729,4 +812,4 @@ def _fmt(loss) -> str:
 
 
 def _describe(member: dict) -> str:
-  return ', '.join(f'{k}={v:g}' for k, v in member.items())
+  return ', '.join(f'{k}={population.format_value(v)}' for k, v in member.items())

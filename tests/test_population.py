@@ -55,9 +55,11 @@ def test_entry_without_values_is_rejected(config):
     expand(config, 'seed=, optim.lr=1e-3')
 
 
-def test_parse_spec_non_numeric_values():
-  with pytest.raises(ValueError, match="'optim.lr'"):
-    population.parse_spec('optim.lr=fast,slow')
+def test_non_numeric_values_of_numeric_keys_are_refused(config):
+  assert population.parse_spec('optim.name=adam,sgd model.hidden=(4,4),(8,8)') == {
+      'optim.name': ['adam', 'sgd'], 'model.hidden': [(4, 4), (8, 8)]}
+  with pytest.raises(ValueError, match="'optim.lr' must be numbers"):
+    expand(config, 'optim.lr=fast,slow')
 
 
 def test_parse_spec_duplicate_key():
@@ -143,9 +145,14 @@ def test_expand_unknown_key(config):
 
 
 def test_expand_structural_key_cannot_vary(config):
-  assert config.model.hidden == 100  # it exists in the config ...
-  with pytest.raises(ValueError, match=r"'model\.hidden' cannot vary"):
-    expand(config, 'model.hidden=50,100')  # ... but changes the model's structure
+  assert config.train.batch_size > 0  # it exists in the config ...
+  with pytest.raises(ValueError, match=r"'train\.batch_size' cannot vary .* separate run"):
+    expand(config, 'train.batch_size=32,64')  # ... but the batch shape is the program's
+  # A width the model declares (ResidualMLP.member_widths) may vary; it keeps its type.
+  members = expand(config, 'model.hidden=50,100')
+  assert [m['model.hidden'] for m in members] == [50, 100]
+  with pytest.raises(ValueError, match="'model.hidden' must be integers"):
+    expand(config, 'model.hidden=50.5,100')
 
 
 def test_expand_task_key_needs_task_keys(config):

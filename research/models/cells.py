@@ -67,8 +67,24 @@ _ACTS: dict[str, Callable] = {
 }
 
 
-def lstm_structure(variant: str) -> dict[str, Any]:
-  """Which gates, peepholes and activations a Greff variant has."""
+def lstm_structure(variant: str | tuple[str, ...]) -> dict[str, Any]:
+  """Which gates, peepholes and activations a Greff variant has.
+
+  A tuple of variants is the *mixed* cell of a population whose members differ
+  in variant (`research.structure`): every gate (z, i, f, o), the peepholes and
+  the full gate recurrence of any of them, and ``flags``, one row per variant
+  (`MIXED_FLAGS`) saying what its members compute."""
+  if isinstance(variant, (tuple, list)):
+    parts = [lstm_structure(v) for v in variant]
+    return {
+        'gates': ['z', 'i', 'f', 'o'],
+        'peepholes': [g for g in ('i', 'f', 'o') if any(g in p['peepholes'] for p in parts)],
+        'g': 'mixed', 'h': 'mixed', 'coupled': False,
+        'full_gate_recurrence': any(p['full_gate_recurrence'] for p in parts),
+        'flags': np.array([[g in p['gates'] for g in ('i', 'f', 'o')]
+                           + [p['coupled'], p['g'] == 'identity', p['h'] == 'identity']
+                           for p in parts], np.float32),
+    }
   if variant not in LSTM_VARIANTS:
     raise ValueError(f'Unknown LSTM variant {variant!r}; known: {list(LSTM_VARIANTS)}')
   v = 'NP' if variant == 'standard' else variant
@@ -85,6 +101,11 @@ def lstm_structure(variant: str) -> dict[str, Any]:
   }
 
 
+# Columns of lstm_structure(tuple)['flags']: has i, has f, has o, f = 1 - i,
+# identity block-input activation g, identity output activation h.
+MIXED_FLAGS = ('has_i', 'has_f', 'has_o', 'coupled', 'g_identity', 'h_identity')
+
+
 class LSTMCell(nn.Module):
   hidden: int
   variant: str = 'vanilla'
@@ -97,6 +118,7 @@ class LSTMCell(nn.Module):
   @nn.compact
   def __call__(self, xs):
     s = lstm_structure(self.variant)
+    mixed = 'flags' in s
     H, gates = self.hidden, s['gates']
     G = len(gates)
     D = xs.shape[-1]
@@ -117,9 +139,20 @@ class LSTMCell(nn.Module):
     if s['full_gate_recurrence']:
       n = len(gate_rec)
       R_gates = self.param('R_gates', _stacked(self.recurrent_init, n), (n * H, n * H))
+    if mixed:
+      # The member's variant: an index into self.variant, set per member by
+      # research.structure; its row of flags goes with the peepholes (pp).
+      which = self.variable('structure', 'lstm_variant', lambda: jnp.int32(0))
+      P = {**P, '_flags': jnp.asarray(s['flags'])[which.value]}
     xp = xs @ W + b
-    g_act, h_act = _ACTS[s['g']], _ACTS[s['h']]
     i_act = _ACTS[self.input_gate_act]
+    if mixed:
+      on = lambda P, k: P['_flags'][MIXED_FLAGS.index(k)] > 0.5
+      g_act = lambda P, x: jnp.where(on(P, 'g_identity'), x, jnp.tanh(x))
+      h_act = lambda P, x: jnp.where(on(P, 'h_identity'), x, jnp.tanh(x))
+    else:
+      g_act = lambda P, x, f=_ACTS[s['g']]: f(x)
+      h_act = lambda P, x, f=_ACTS[s['h']]: f(x)
 
     def pointwise(P, xp_t, hr, carry):
       """One step given hr, the recurrent part of the pre-activations (B, G*H)."""
@@ -127,15 +160,20 @@ class LSTMCell(nn.Module):
       pre = xp_t + hr
       part = dict(zip(gates, split_gates(pre, G)))
       one = jnp.ones_like(c)
-      z = g_act(part['z'])
+      z = g_act(P, part['z'])
       i = i_act(part['i'] + (P['i'] * c if 'i' in P else 0.0)) if 'i' in gates else one
       if 'f' in gates:
         f = jax.nn.sigmoid(part['f'] + (P['f'] * c if 'f' in P else 0.0))
       else:
         f = 1.0 - i if s['coupled'] else one
+      if mixed:  # a removed gate is 1; a coupled forget gate is 1 - i
+        i = jnp.where(on(P, 'has_i'), i, one)
+        f = jnp.where(on(P, 'has_f'), f, jnp.where(on(P, 'coupled'), 1.0 - i, one))
       c_new = z * i + c * f
       o = jax.nn.sigmoid(part['o'] + (P['o'] * c_new if 'o' in P else 0.0)) if 'o' in gates else one
-      y_new = h_act(c_new) * o
+      if mixed:
+        o = jnp.where(on(P, 'has_o'), o, one)
+      y_new = h_act(P, c_new) * o
       acts = {'i': i, 'f': f, 'o': o}
       prev_new = (jnp.concatenate([acts[g] for g in gate_rec], -1)
                   if s['full_gate_recurrence'] else prev)
@@ -167,7 +205,8 @@ class LSTMCell(nn.Module):
       rec_in = lambda carry: jnp.concatenate([carry[1], carry[2]], -1)
     else:
       R_in, rec_in = R, _lstm_output
-    standard = self.variant in ('standard', 'NP') and self.input_gate_act == 'sigmoid'
+    standard = (not mixed and self.variant in ('standard', 'NP')
+                and self.input_gate_act == 'sigmoid')
     manual = 'lstm' if standard else None
     step.fast = FastSpec(W, b, R_in, P, _drop_aux(pointwise), rec_in, additive=True, manual=manual)
     return xp, step, carry0

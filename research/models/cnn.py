@@ -145,6 +145,7 @@ class ConvNet1D(nn.Module):
   kernels: Sequence[int] = (5, 3, 3)
   strides: Sequence[int] = (2, 2, 2)
   num_outputs: int = 10
+  member_widths = ('channels',)  # may differ between members (research.structure)
 
   @nn.compact
   def __call__(self, x, train: bool = False):

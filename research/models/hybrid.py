@@ -64,6 +64,7 @@ class CNNRNN(nn.Module):
   readout: str = 'flatten'
   dropout: float = 0.0  # on the recurrent features before the head
   num_outputs: int = 10
+  member_widths = ('channels', 'rnn.hidden')  # may differ between members (research.structure)
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):

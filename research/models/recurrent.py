@@ -323,6 +323,7 @@ class RNNClassifier(nn.Module):
   rnn: Mapping[str, Any] = FrozenDict(cell='gru', hidden=6, bidirectional=True)
   readout: str = 'flatten'
   num_outputs: int = 10
+  member_widths = ('rnn.hidden',)  # may differ between members (research.structure)
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):

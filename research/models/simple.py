@@ -25,6 +25,7 @@ class ResidualMLP(nn.Module):
   hidden: int = 100
   num_outputs: int = 10
   dropout: float = 0.0
+  member_widths = ('hidden',)  # may differ between members (research.structure)
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):

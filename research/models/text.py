@@ -36,6 +36,7 @@ class CharLM(nn.Module):
   rnn: Mapping[str, Any] = FrozenDict(cell='lstm', hidden=256)
   dropout: float = 0.0
   num_outputs: int = 100  # the vocabulary size
+  member_widths = ('embed', 'channels', 'rnn.hidden')  # may differ between members
 
   @nn.compact
   def __call__(self, x, train: bool = False, lengths=None):

@@ -178,6 +178,7 @@ class VAE(nn.Module):
   gaussian_variance: str = 'fixed'  # or 'learned'
   sigma: float = 0.1  # the fixed (or initial learned) std of the Gaussian likelihood
   image_shape: Sequence[int] = (8, 8, 1)
+  member_widths = ('latent', 'hidden', 'channels')  # may differ between members
 
   def setup(self):
     for name, value, known in (('encoder', self.encoder, NETWORKS),
@@ -268,7 +269,11 @@ class VAE(nn.Module):
   def __call__(self, x, train: bool = False):
     mu, logvar = self.encode(x)
     key = self.make_rng('sample') if self.has_rng('sample') else jax.random.PRNGKey(0)
-    z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
+    # eps is drawn latent-major, so unit u gets the same draw at every latent size
+    # (threefry's values follow the flat index): a member embedded in a wider
+    # population (research.structure) samples what its solo run samples.
+    eps = jax.random.normal(key, mu.shape[::-1], mu.dtype).T
+    z = mu + jnp.exp(0.5 * logvar) * eps
     return {'log_px': self.log_px_given_z(z, x), 'kl': gaussian_kl(mu, logvar),
             'mu': mu, 'logvar': logvar, 'z': z}
 
