@@ -6,6 +6,7 @@ import pytest
 from scipy import stats
 
 from research import results
+from research.analysis import curves
 from research.experiments import bptt, lstm_variants
 from tests.helpers import run_script
 
@@ -82,10 +83,27 @@ def test_epochs_to_target_counts_epochs_when_evaluating_every_few_epochs():
   assert a['variants']['vanilla']['epochs_to_target'] == 30
 
 
-def _planned_lstm_runs(tmp_path, monkeypatch, budget, eval_epochs=(1, 2)):
+def _jsb_file(tmp_path):
+  from tests.test_music import write_mat
+  path = tmp_path / 'jsb.mat'
+  if not path.exists():
+    write_mat(path, lengths=((20,) * 16, (20,) * 4, (20,) * 4))
+  return path
+
+
+def _population_members(population):
+  """The members of a zip population string: one dict of key -> value string each."""
+  cols = {k: v.split(',') for k, v in (p.split('=') for p in population.split())}
+  n = len(cols['seed'])
+  assert all(len(v) == n for v in cols.values())
+  return [{k: v[i] for k, v in cols.items()} for i in range(n)]
+
+
+def _planned_lstm_runs(tmp_path, monkeypatch, budget, eval_epochs=(1, 2), programs=None):
   """lstm_variants.run's training calls, with training replaced (every member writes
   val/loss at ``eval_epochs``) and the run stopped before the analysis: the calls and
-  the trials handed to `analyse`."""
+  the trials handed to `analyse`. ``programs``: the grouping to use instead of the
+  cost model's."""
   calls, seen = [], {}
 
   class Stop(Exception):
@@ -93,17 +111,16 @@ def _planned_lstm_runs(tmp_path, monkeypatch, budget, eval_epochs=(1, 2)):
 
   def fake_train(config_file, arg, workdir, **over):
     calls.append((arg, over))
-    seeds = over['population'].split()[0].split('=')[1].split(',')
+    members = _population_members(over['population'])
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / 'metrics.jsonl', 'w') as f:
       for e in eval_epochs:
-        for i in range(len(seeds)):
-          f.write(json.dumps({'epoch': e, 'member': i, 'val/loss': 10.0 - e}) + '\n')
-    members = [{'member': i, 'hparams': {k: 0.1 for k in
-                                         ('optim.lr', 'optim.momentum', 'train.input_noise')},
-                'diverged': False, 'val/loss': 9.0, 'test/loss': 9.0, 'best_epoch': 1}
-               for i in range(len(seeds))]
-    return {'members': members}
+        for i in range(len(members)):
+          f.write(json.dumps({'epoch': e, 'step': 10 * e, 'member': i,
+                              'val/loss': 10.0 - e}) + '\n')
+    return {'members': [{'member': i, 'hparams': {k: float(m[k]) for k in lstm_variants.HPARAMS},
+                         'diverged': False, 'val/loss': 9.0, 'test/loss': 9.0, 'best_epoch': 1}
+                        for i, m in enumerate(members)]}
 
   def stop(trials, variants, **kw):
     seen['trials'] = trials
@@ -111,8 +128,10 @@ def _planned_lstm_runs(tmp_path, monkeypatch, budget, eval_epochs=(1, 2)):
 
   monkeypatch.setattr(lstm_variants, 'train_variant', fake_train)
   monkeypatch.setattr(lstm_variants, 'analyse', stop)
+  if programs is not None:
+    monkeypatch.setattr(lstm_variants, 'plan_programs', lambda b, data_path=None: programs)
   with pytest.raises(Stop):
-    lstm_variants.run(tmp_path / budget, budget)
+    lstm_variants.run(tmp_path / budget, budget, data_path=str(_jsb_file(tmp_path)))
   return calls, seen['trials']
 
 
@@ -121,23 +140,48 @@ def test_lstm_variants_draws_and_seeds_of_a_variant_do_not_depend_on_the_budget(
   """A variant's sampled trials and its members' seeds come from the same index (its
   place in VARIANTS): the same in every budget, so the smoke budget's CIFG draws its
   trials and seeds as the full budget's CIFG does. The full budget's numbers are those
-  it always had (1000 * size index + 100 * variant index)."""
-  def population(over):
-    parts = dict(p.split('=') for p in over['population'].split())
-    return [int(s) for s in parts['seed'].split(',')], parts
-
+  it always had (1000 * size index + 100 * variant index), whichever program a
+  (variant, hidden) kind trains in."""
   for budget in ('smoke', 'full'):
     b = lstm_variants.BUDGETS[budget]
-    calls, _ = _planned_lstm_runs(tmp_path, monkeypatch, budget)
-    assert len(calls) == len(b['hidden']) * len(b['variants'])
-    for (arg, over), (h, v) in zip(calls, [(h, v) for h in range(len(b['hidden']))
-                                           for v in b['variants']]):
-      assert f'variant={v},' in arg
-      k = lstm_variants.VARIANTS.index(v)
-      seeds, parts = population(over)
-      assert seeds == [1000 * h + 100 * k + i for i in range(b['trials'])], (budget, v)
+    kinds = [(v, h) for h in b['hidden'] for v in b['variants']]
+    # full: both sizes of a variant share a program, as a mixed one would
+    programs = None if budget == 'smoke' else [[k for k in kinds if k[0] == v]
+                                               for v in b['variants']]
+    calls, trials = _planned_lstm_runs(tmp_path, monkeypatch, budget, programs=programs)
+    got = {}
+    for arg, over in calls:
+      assert over['population_mode'] == 'zip' and over['optim.name'] == 'sgd'
+      assert over['train.epochs'] == b['epochs'] and over['train.patience'] == b['patience']
+      for m in _population_members(over['population']):
+        kind = (m['model.rnn.cell_options.variant'], int(m['model.rnn.hidden']))
+        got.setdefault(kind, []).append(m)
+      assert f'hidden={max(int(m["model.rnn.hidden"]) for m in _population_members(over["population"]))}' in arg
+    assert sorted(got) == sorted(kinds)
+    for (v, hidden), members in got.items():
+      h, k = b['hidden'].index(hidden), lstm_variants.VARIANTS.index(v)
+      assert [int(m['seed']) for m in members] == [1000 * h + 100 * k + i
+                                                   for i in range(b['trials'])], (budget, v)
       drawn = lstm_variants.sample_trials(b['trials'], seed=100 * h + k)
-      assert parts['optim.lr'] == ','.join(f'{t["optim.lr"]:.6g}' for t in drawn)
+      assert [m['optim.lr'] for m in members] == [f'{t["optim.lr"]:.6g}' for t in drawn]
+      assert [m['train.input_noise'] for m in members] == \
+          [f'{t["train.input_noise"]:.6g}' for t in drawn]
+    # each trial knows its kind, its program and its place there
+    assert len(trials) == len(kinds) * b['trials']
+    for t in trials:
+      arg, over = calls[t['program']]
+      m = _population_members(over['population'])[t['member']]
+      assert (m['model.rnn.cell_options.variant'], int(m['model.rnn.hidden'])) == \
+          (t['variant'], t['hidden'])
+
+
+def test_lstm_variants_smoke_plan_groups_kinds_into_fewer_programs(tmp_path):
+  """The cost model puts vanilla and NOAF (the same parameters) in one program and keeps
+  NIG and CIFG (no input gate) on their own: 3 programs for the smoke budget's 4 kinds."""
+  b = lstm_variants.BUDGETS['smoke']
+  programs = lstm_variants.plan_programs(b, str(_jsb_file(tmp_path)))
+  assert programs == [[('vanilla', 16), ('NOAF', 16)], [('NIG', 16)], [('CIFG', 16)]]
+  assert len(programs) < len(b['variants']) * len(b['hidden'])
 
 
 def test_lstm_variants_curves_keep_the_evaluated_epochs(tmp_path, monkeypatch):
@@ -145,6 +189,25 @@ def test_lstm_variants_curves_keep_the_evaluated_epochs(tmp_path, monkeypatch):
   _, trials = _planned_lstm_runs(tmp_path, monkeypatch, 'smoke', eval_epochs=(5, 10, 15))
   assert trials and all(t['val_epochs'] == [5, 10, 15] for t in trials)
   assert all(t['val_curve'] == [5.0, 0.0, -5.0] for t in trials)
+
+
+def test_lstm_variants_curve_dirs_hold_each_variants_members(tmp_path):
+  """The per-variant curves are the records of that variant's trials, from whichever
+  program trained them."""
+  for k, n in ((0, 4), (1, 2)):
+    d = tmp_path / f'program_{k}'
+    d.mkdir()
+    (d / 'metrics.jsonl').write_text(''.join(
+        json.dumps({'epoch': 1, 'step': 5, 'member': i, 'val/loss': 10.0 * k + i}) + '\n'
+        for i in range(n)))
+  configs = {k: (None, tmp_path / f'program_{k}') for k in (0, 1)}
+  trials = [{'variant': v, 'hidden': 16, 'program': p, 'member': i}
+            for v, p, i in (('vanilla', 0, 0), ('vanilla', 0, 1), ('NOAF', 0, 2),
+                            ('NOAF', 0, 3), ('NIG', 1, 0), ('NIG', 1, 1))]
+  dirs = lstm_variants._variant_curve_dirs(tmp_path, trials, configs, 16)
+  assert list(dirs) == ['vanilla', 'NOAF', 'NIG']
+  vals = {v: [r['val/loss'] for r in curves.read_metrics(d)] for v, d in dirs.items()}
+  assert vals == {'vanilla': [0.0, 1.0], 'NOAF': [2.0, 3.0], 'NIG': [10.0, 11.0]}
 
 
 def test_adding_table_when_every_member_of_a_variant_diverges(tmp_path, monkeypatch):
@@ -201,8 +264,15 @@ def test_music_studies_smoke_on_a_generated_file(tmp_path):
                f'--data_path={tmp_path / "jsb.mat"}')
     out = results.read(tmp_path / exp / 'results.json')
     assert all(np.isfinite(r['value']) for r in out['rows'])
+  # lstm_variants: 4 (variant, hidden) kinds in 3 programs, vanilla and NOAF mixed in one
+  assert out['num_kinds'] == 4 and out['num_programs'] == 3 == len(out['programs'])
+  assert [k['variant'] for k in out['programs'][0]['kinds']] == ['vanilla', 'NOAF']
+  assert sum(p['members'] for p in out['programs']) == len(out['trials']) == 16
+  assert all((tmp_path / 'lstm_variants' / p['workdir'] / 'results.json').exists()
+             for p in out['programs'])
+  assert 'trained as 3 program(s)' in (tmp_path / 'lstm_variants' / 'report.md').read_text()
   gates = out['analysis']['gates']  # lstm_variants: each variant's best trial
-  assert set(gates) == {'vanilla', 'NIG', 'CIFG'}
+  assert set(gates) == {'vanilla', 'NIG', 'NOAF', 'CIFG'}
   assert gates['NIG']['i']['mean'] == 1.0 and gates['NIG']['i']['frac_above_0.9'] == 1.0
   assert 0 < gates['vanilla']['i']['mean'] < 1
   cfg = json.loads((tmp_path / 'rnn_music' / 'gru_small' / 'config.json').read_text())

@@ -11,7 +11,10 @@ dropping peepholes (NP) are harmless; the learning rate matters most.
 
 Here: random trials (learning rate, momentum, input-noise std; hidden size
 from a short list) drawn independently per variant, trained with SGD +
-momentum as one population per (variant, hidden size). Per variant we report
+momentum. All (variant, hidden size) kinds' trials train as a few populations
+of mixed structure (`research.structure`: one mixed LSTM cell, narrow members
+zero-padded), grouped by `research.structure.program_groups`'s cost model;
+each member ends where its solo run would. Per variant we report
 the test NLL of the best 10% of trials by *validation* NLL, but at least 3 (our
 12-24 trials per variant are far fewer than Greff's 200, so 10% alone would be 1-2),
 Welch's t-test against vanilla on those trials, the epochs the best trials need
@@ -32,6 +35,7 @@ import numpy as np
 
 from research import results
 from research.analysis import curves
+from research import structure
 from research.experiments import register
 from research.experiments.common import train_variant, variant_config, write_report
 
@@ -40,12 +44,14 @@ SOURCE = 'Greff et al. 2017, Fig. 3 (JSB): no variant significantly better than 
 ANCHOR = 'Bai et al. 2018, Table 1: LSTM 8.45 (JSB test NLL)'
 BUDGETS = {
     # Greff et al. trained to convergence: with 30 epochs (patience 5) the variants that
-    # train fastest (NOAF) came out best. Greff drew hidden sizes from 20-200 units; a
-    # population needs one shape, so we search two sizes, 12 independent trials each per
-    # variant (~1.5 h on 2 cores). The adding runs get 6000 updates: at 2000 none solved T=100.
+    # train fastest (NOAF) came out best. Greff drew hidden sizes from 20-200 units; we
+    # search two sizes, 12 independent trials each per variant. The adding runs get 6000
+    # updates: at 2000 none solved T=100.
     'full': dict(hidden=(32, 64), trials=12, epochs=100, patience=10, variants=VARIANTS,
                  adding=dict(T=100, num_train=10000, epochs=30, seeds='0,1,2')),
-    'smoke': dict(hidden=(16,), trials=4, epochs=2, patience=0, variants=('vanilla', 'NIG', 'CIFG'),
+    # NOAF has vanilla's parameters, so the cost model puts the two in one (mixed) program.
+    'smoke': dict(hidden=(16,), trials=4, epochs=2, patience=0,
+                  variants=('vanilla', 'NIG', 'NOAF', 'CIFG'),
                   adding=dict(T=20, num_train=1000, epochs=2, seeds='0,1')),
 }
 TOP_FRACTION = 0.10  # Greff et al.'s best 10% of trials ...
@@ -61,44 +67,105 @@ def sample_trials(n: int, seed: int = 0) -> list[dict[str, float]]:
            'train.input_noise': float(rng.uniform(0, 0.3))} for _ in range(n)]
 
 
-def _population(trials: list[dict], seed0: int) -> str:
-  keys = list(trials[0])
-  parts = [f'seed={",".join(str(seed0 + i) for i in range(len(trials)))}']
-  parts += [f'{k}={",".join(f"{t[k]:.6g}" for t in trials)}' for k in keys]
-  return ' '.join(parts)
+HPARAMS = ('optim.lr', 'optim.momentum', 'train.input_noise')
+MEMBER_KEYS = (structure.VARIANT_KEY, 'model.rnn.hidden')  # what a kind sets per member
+
+
+def _kind_trials(b: dict) -> dict[tuple[str, int], list[dict]]:
+  """(variant, hidden) -> its trials, each {'seed', hparams...}: independent draws
+  per (variant, size), as Greff et al. (fANOVA needs many distinct points). Draws
+  and members' seeds both follow the variant's place in VARIANTS, so a variant
+  trains the same trials whichever other variants a budget includes."""
+  out = {}
+  for h_index, hidden in enumerate(b['hidden']):
+    for variant in b['variants']:
+      v_index = VARIANTS.index(variant)
+      sampled = sample_trials(b['trials'], seed=100 * h_index + v_index)
+      out[(variant, hidden)] = [{'seed': 1000 * h_index + 100 * v_index + i, **t}
+                                for i, t in enumerate(sampled)]
+  return out
+
+
+def _program_population(kinds: list[tuple[str, int]], trials: dict) -> str:
+  """population (zip) of one program: every trial of each of ``kinds``, in order."""
+  members = [(kind, t) for kind in kinds for t in trials[kind]]
+  fmt = lambda v: f'{v:.6g}' if isinstance(v, float) else str(v)
+  cols = {'seed': [t['seed'] for _, t in members],
+          **{k: [t[k] for _, t in members] for k in HPARAMS},
+          structure.VARIANT_KEY: [kind[0] for kind, _ in members],
+          'model.rnn.hidden': [kind[1] for kind, _ in members]}
+  return ' '.join(f'{k}={",".join(fmt(v) for v in vals)}' for k, vals in cols.items())
+
+
+def plan_programs(b: dict, data_path: str | None = None) -> list[list[tuple[str, int]]]:
+  """The (variant, hidden) kinds each program holds, as `structure.program_groups`
+  partitions them by its cost model (padded member-step FLOPs on the music data)."""
+  import jax
+
+  from research.train import load_dataset
+  kinds = [(v, h) for h in b['hidden'] for v in b['variants']]
+  config = _config(b, kinds, data_path)
+  dataset = load_dataset(config.data)
+  flops = lambda g: structure.padded_flops(
+      config, [dict(zip(MEMBER_KEYS, kinds[i])) for i in g], dataset, keys=MEMBER_KEYS)
+  groups = structure.program_groups(kinds, [b['trials']] * len(kinds), flops,
+                                    devices=len(jax.devices()))
+  return [[kinds[i] for i in g] for g in groups]
+
+
+def _config_args(b: dict, kinds: list[tuple[str, int]], data_path: str | None,
+                 trials: dict | None = None) -> tuple[str, dict]:
+  """configs/music.py's arg and overrides of the program holding ``kinds``: SGD +
+  momentum, batch 8, clip 1 (the config's), the budget's epochs and patience."""
+  arg = f'cell=lstm,variant={kinds[0][0]},hidden={max(h for _, h in kinds)}'
+  over = {'data.path': data_path, 'optim.name': 'sgd', 'population_mode': 'zip',
+          'train.epochs': b['epochs'], 'train.patience': b['patience'],
+          'train.progress': b.get('progress', False)}
+  if trials is not None:
+    over['population'] = _program_population(kinds, trials)
+  return arg, over
+
+
+def _config(b, kinds, data_path, trials=None):
+  arg, over = _config_args(b, kinds, data_path, trials)
+  return variant_config('configs/music.py', arg, **over)
 
 
 @register('lstm_variants')
 def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  b = BUDGETS[budget]
+  b = dict(BUDGETS[budget], progress=budget == 'full')
   t0 = time.time()
+  kind_trials = _kind_trials(b)
+  programs = plan_programs(b, data_path)
   trials = []  # one dict per trial: variant, hidden, hparams, val/test NLL, curve
-  configs = {}  # (variant, hidden) -> (config, workdir)
-  for h_index, hidden in enumerate(b['hidden']):
-    for variant in b['variants']:
-      # Independent draws per (variant, size), as Greff et al.: fANOVA needs many distinct points.
-      # Draws and members' seeds both follow the variant's place in VARIANTS, so a variant
-      # trains the same trials whichever other variants a budget includes.
-      v_index = VARIANTS.index(variant)
-      sampled = sample_trials(b['trials'], seed=100 * h_index + v_index)
-      wd = workdir / f'{variant}_h{hidden}'
-      arg = f'cell=lstm,variant={variant},hidden={hidden}'
-      over = {'data.path': data_path, 'optim.name': 'sgd', 'population_mode': 'zip',
-              'population': _population(sampled, 1000 * h_index + 100 * v_index),
-              'train.epochs': b['epochs'], 'train.patience': b['patience'],
-              'train.progress': budget == 'full'}
-      out = train_variant('configs/music.py', arg, wd, **over)
-      configs[(variant, hidden)] = (variant_config('configs/music.py', arg, **over), wd)
-      val_curves = _member_curves(wd, 'val/loss')
-      for m in out['members']:
-        trials.append({'variant': variant, 'hidden': hidden, 'member': m['member'],
-                       **{k: m['hparams'][k] for k in sampled[0]},
-                       'diverged': m['diverged'], 'val_nll': m['val/loss'],
-                       'test_nll': m['test/loss'], 'best_epoch': m['best_epoch'],
-                       'val_curve': [v for _, v in val_curves.get(m['member'], [])],
-                       'val_epochs': [e for e, _ in val_curves.get(m['member'], [])]})
+  configs = {}  # program index -> (config, workdir)
+  program_info = []
+  for k, kinds in enumerate(programs):
+    wd = workdir / f'program_{k}'
+    arg, over = _config_args(b, kinds, data_path, kind_trials)
+    t_prog = time.time()
+    out = train_variant('configs/music.py', arg, wd, **over)
+    configs[k] = (variant_config('configs/music.py', arg, **over), wd)
+    program_info.append({'program': k, 'workdir': wd.name,
+                         'kinds': [{'variant': v, 'hidden': h} for v, h in kinds],
+                         'members': sum(len(kind_trials[kind]) for kind in kinds),
+                         'wall_time_s': time.time() - t_prog})
+    val_curves = _member_curves(wd, 'val/loss')
+    slots = [(kind, i, t) for kind in kinds for i, t in enumerate(kind_trials[kind])]
+    assert len(out['members']) == len(slots), (wd, len(out['members']), len(slots))
+    for m, ((variant, hidden), i, t) in zip(out['members'], slots):
+      assert m['hparams'].get('seed', t['seed']) == t['seed'], (wd, m['member'])
+      trials.append({'variant': variant, 'hidden': hidden, 'program': k,
+                     'member': m['member'], 'trial': i, 'seed': t['seed'],
+                     **{key: m['hparams'][key] for key in HPARAMS},
+                     **({'num_params': m['num_params']} if 'num_params' in m else {}),
+                     'diverged': m['diverged'], 'val_nll': m['val/loss'],
+                     'test_nll': m['test/loss'], 'best_epoch': m['best_epoch'],
+                     'val_curve': [v for _, v in val_curves.get(m['member'], [])],
+                     'val_epochs': [e for e, _ in val_curves.get(m['member'], [])]})
+  train_wall = time.time() - t0
   analysis = analyse(trials, b['variants'])
   analysis['gates'] = best_trial_gates(trials, configs)
   adding = _adding_runs(workdir, b['adding'])
@@ -114,12 +181,16 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
     rows.append(results.row(name, 'adding_test_mse', vals))
   _plot_variants(analysis, b['variants'], workdir / 'variants.png',
                  reference=(8.45, 'Bai et al. 2018, LSTM'))
-  curves.plot_curves({v: workdir / f'{v}_h{b["hidden"][-1]}' for v in b['variants']},
-                     'val/loss', workdir / 'curves.png',
-                     title=f'JSB validation NLL, all trials at hidden {b["hidden"][-1]} (mean ± std)',
+  last = b['hidden'][-1]
+  curves.plot_curves(_variant_curve_dirs(workdir, trials, configs, last), 'val/loss',
+                     workdir / 'curves.png',
+                     title=f'JSB validation NLL, all trials at hidden {last} (mean ± std)',
                      ylabel='validation NLL (nats/frame)')
+  n_kinds = len(b['variants']) * len(b['hidden'])
   out = results.write(workdir / 'results.json', 'lstm_variants', rows, budget=budget,
-                      wall_time_s=wall, analysis=analysis, adding=adding,
+                      wall_time_s=wall, train_wall_time_s=train_wall,
+                      num_programs=len(programs), num_kinds=n_kinds, programs=program_info,
+                      analysis=analysis, adding=adding,
                       trials=[{k: v for k, v in t.items() if k not in ('val_curve', 'val_epochs')}
                               for t in trials])
   table = _variants_table(analysis, b['variants'])
@@ -132,7 +203,8 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
       f'best {TOP_FRACTION:.0%} (at least {MIN_TOP}) of trials by validation NLL; p: Welch t-test against vanilla '
       f'on those trials; epochs to target: median over them of the first epoch with validation '
       f'NLL <= {analysis["target_val_nll"]:.2f} (5% above vanilla\'s best).',
-      [table,
+      [_programs_text(program_info, n_kinds, train_wall),
+       table,
        *(['**Within each hidden size** (best trials at that size; p against vanilla at the '
           'same size):\n\n' + _sizes_table(analysis, b['variants'])]
          if 'by_hidden' in analysis else []),
@@ -148,34 +220,84 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
   return out
 
 
+def _programs_text(program_info: list[dict], n_kinds: int, train_wall: float) -> str:
+  """Which (variant, hidden) kinds each training program held, and the wall time."""
+  lines = [f'**Training programs**: the {n_kinds} (variant, hidden) kinds trained as '
+           f'{len(program_info)} program(s), grouped by the cost model '
+           '(`research.structure.program_groups`); every member ends where its solo run '
+           f'(same seed and hyperparameters) ends. JSB training took {train_wall:.0f} s of '
+           'wall time in all.', '', '| program | kinds (variant/hidden) | members | wall time |',
+           '|---|---|---|---|']
+  for p in program_info:
+    kinds = ', '.join(f'{k["variant"]}/{k["hidden"]}' for k in p['kinds'])
+    lines.append(f'| {p["workdir"]} | {kinds} | {p["members"]} | {p["wall_time_s"]:.0f} s |')
+  return '\n'.join(lines)
+
+
+def _variant_curve_dirs(workdir: Path, trials: list[dict], configs: dict,
+                        hidden: int) -> dict[str, Path]:
+  """Per variant, a folder whose metrics.jsonl holds the records of that variant's
+  trials at ``hidden`` (filtered from their programs' metrics.jsonl), for
+  `curves.plot_curves`."""
+  import json
+  out = {}
+  for variant in dict.fromkeys(t['variant'] for t in trials):
+    mine = {(t['program'], t['member']) for t in trials
+            if t['variant'] == variant and t['hidden'] == hidden}
+    if not mine:
+      continue
+    d = workdir / 'curves' / f'{variant}_h{hidden}'
+    d.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r) for k in sorted({p for p, _ in mine})
+             for r in curves.read_metrics(configs[k][1]) if (k, r.get('member')) in mine]
+    (d / 'metrics.jsonl').write_text(''.join(l + '\n' for l in lines))
+    out[variant] = d
+  return out
+
+
 def best_trial_gates(trials: list[dict], configs: dict) -> dict[str, dict]:
   """Gate activation statistics (mean; fractions below 0.1 and above 0.9) of each
-  variant's best trial by validation NLL, over the valid frames of the test split."""
-  import jax
+  variant's best trial by validation NLL, over the valid frames of the test split.
+  The trial's own variables (`Setup.member_variables`: padding and the gates its
+  variant lacks cut away) run through its own model (its solo config, with
+  ``collect_gates``)."""
   import jax.numpy as jnp
 
+  from research import checkpoint as ckpt_lib
   from research.analysis.gradients import gate_statistics
-  from research.models import build_model
   from research.masks import length_mask
-  from research.train import load_trained
-  out = {}
+  from research.models import build_model
+  from research.train import setup
+  out, runs = {}, {}
   for variant in dict.fromkeys(t['variant'] for t in trials):
     ok = [t for t in trials if t['variant'] == variant and not t['diverged']
           and math.isfinite(t['val_nll'])]
     if not ok:
       continue
     best = min(ok, key=lambda t: t['val_nll'])
-    config, wd = configs[(variant, best['hidden'])]
-    _, ds, _, state = load_trained(config, wd)
-    c = config.copy_and_resolve_references()
-    c.model.rnn.collect_gates = True
-    model = build_model(c.model, ds.info)
-    params = jax.tree.map(lambda a: a[best['member']], state.best_params)
+    config, wd = configs[best['program']]
+    if best['program'] not in runs:
+      run_ = setup(config)
+      checkpointer = ckpt_lib.Checkpointer(Path(wd) / 'checkpoints', config.train.checkpoint_keep)
+      try:
+        restored = checkpointer.restore_latest(run_.init_state())
+      finally:
+        checkpointer.close()
+      if restored is None:
+        raise FileNotFoundError(f'No checkpoint in {Path(wd) / "checkpoints"}')
+      runs[best['program']] = (run_, restored[1])
+    run_, state = runs[best['program']]
+    i = best['member']
+    own = structure.member_config(config, run_.members[i], MEMBER_KEYS)
+    own.model.rnn.collect_gates = True
+    model = build_model(own.model, run_.dataset.info)
+    variables = run_.member_variables(state, i)
+    ds = run_.dataset
     x, lengths = jnp.asarray(ds.test['x']), jnp.asarray(ds.test['lengths'])
-    _, inter = model.apply({'params': params}, x, lengths=lengths, mutable=['intermediates'])
+    _, inter = model.apply(variables, x, lengths=lengths, mutable=['intermediates'])
     mask = np.asarray(length_mask(lengths, x.shape[0], x.shape[1]))
     stats = gate_statistics(inter['intermediates'], mask=mask)  # the one recurrent layer
-    out[variant] = {'hidden': best['hidden'], 'member': best['member'],
+    out[variant] = {'hidden': best['hidden'], 'program': best['program'], 'member': i,
                     **{k.split('/')[-1]: v for k, v in stats.items()}}
   return out
 
