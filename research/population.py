@@ -124,12 +124,13 @@ def expand(config: ml_collections.ConfigDict, task_keys: tuple[str, ...],
   names, values = list(spec), list(spec.values())
   if mode == 'product':
     combos = list(itertools.product(*values)) if names else [()]
-  elif mode == 'zip':
-    lengths = {len(v) for v in values}
+  elif mode == 'zip':  # a key with one value gives it to every member
+    lengths = {len(v) for v in values} - {1}
     if len(lengths) > 1:
-      raise ValueError(f'population_mode=zip needs equally long value lists, got '
-                       f'{dict(zip(names, map(len, values)))}')
-    combos = list(zip(*values)) if names else [()]
+      raise ValueError(f'population_mode=zip needs equally long value lists (or one value), '
+                       f'got {dict(zip(names, map(len, values)))}')
+    n = lengths.pop() if lengths else 1
+    combos = list(zip(*[v * n if len(v) == 1 else v for v in values])) if names else [()]
   else:
     raise ValueError(f"population_mode must be 'product' or 'zip', got {mode!r}")
   members = []

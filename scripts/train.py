@@ -61,7 +61,8 @@ def dry_run(config) -> None:
         f' of {config.get("population", "") or "no population"!r}); varied: '
         f'{", ".join(varied) or "nothing"}')
   for i, m in enumerate(members):
-    print(f'  member {i}: ' + ' '.join(f'{k}={v:g}' for k, v in m.items()))
+    print(f'  member {i}: ' + ' '.join(f'{k}={population.format_value(v)}'
+                                      for k, v in m.items()))
   dataset = load_dataset(config.data)
   sizes = {k: len(s['x']) for k, s in (('train', dataset.train), ('val', dataset.val),
                                        ('test', dataset.test)) if s is not None}
