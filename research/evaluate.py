@@ -263,7 +263,7 @@ def table(run: Run, records: list[dict[str, Any]]) -> str:
   for r in records:
     cells = [str(r['member'])]
     if varied:
-      cells.append(', '.join(f'{k}={r["hparams"][k]:g}' for k in varied))
+      cells.append(', '.join(f'{k}={population.format_value(r["hparams"][k])}' for k in varied))
     cells.append(str(r['epoch']) + (' (diverged)' if r['diverged'] else ''))
     cells += [f'{r[k]:.6g}' for k in metrics]
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -282,7 +282,7 @@ def write_eval(run: Run, split: str, checkpoint: str,
 
 def describe(run: Run, i: int, checkpoint: str) -> str:
   varied = population.varied_keys(run.members)
-  hp = ', '.join(f'{k}={run.members[i][k]:g}' for k in varied)
+  hp = ', '.join(f'{k}={population.format_value(run.members[i][k])}' for k in varied)
   return (f'{run.config.experiment} member {i}' + (f' ({hp})' if hp else '')
           + f', {checkpoint} checkpoint, epoch {run.member_epoch(i, checkpoint)}')
 
