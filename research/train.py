@@ -1,10 +1,12 @@
 """The one training loop: ``train_and_evaluate(config, workdir)``.
 
-A run trains a *population* of K members (K >= 1) that share the model's
-structure and differ in numeric hyperparameters (seed, learning rate, weight
-decay, clip norm, loss weights; see `research.population`). Every piece of
-state carries a leading member axis, and the per-member functions below are
-``jax.vmap``-ed over it and jitted once:
+A run trains a *population* of K members (K >= 1) that differ in numeric
+hyperparameters (seed, learning rate, weight decay, clip norm, loss weights;
+see `research.population`) and possibly in structure: LSTM variant, widths,
+optimizer rule (`research.structure`: the program runs the widest, mixed
+model; members are embedded in it and masked). Every piece of state carries a
+leading member axis, and the per-member functions below are ``jax.vmap``-ed
+over it and jitted once:
 
 * ``train_step(state, batch, hp) -> (state, metrics)``: one optimizer step;
   a member whose loss or parameters become non-finite is frozen at its last
