@@ -310,6 +310,38 @@ def test_vae_studies_pick_by_validation_and_count_trials_to_target():
   assert trials_to_target([120.0, 100.0], 99.0) is None
 
 
+def test_hpo_compare_reports_programs_member_steps_and_wall_time(tmp_path, monkeypatch):
+  """Programs per sweep come from the sweep summary's ``programs`` (a sweep from before
+  programs were counted: its populations), member-steps from ``member_steps``; both, and
+  the sweeps' total wall time, reach results.json and the report."""
+  from research.experiments import hpo_compare
+  calls = []
+
+  def fake_sweep(config, space, method, trials, workdir, batch=1, seed=0, **kw):
+    calls.append(method)
+    best = [100.0 - i for i in range(trials)]
+    out = {'best_so_far': {'trials': list(range(1, trials + 1)),
+                           'wall_s': [10.0 * (i + 1) for i in range(trials)], 'best': best},
+           'rows': [{'metric': 'test_nelbo', 'value': 99.0}], 'best': {'number': 0},
+           'states': {'FAIL': 0}, 'worker_wall_s': 30.0, 'importance': {'fanova': {'lr': 1.0}},
+           'populations': [{'run': 'a'}, {'run': 'b'}]}
+    if method != 'grid':  # grid: a summary without programs
+      out.update(programs=1, member_steps=120)
+    return out
+
+  monkeypatch.setattr(hpo_compare.runner, 'run_sweep', fake_sweep)
+  out = hpo_compare.run(tmp_path, 'smoke')
+  m = out['methods']
+  assert m['grid']['programs'] == [2] and m['grid']['member_steps'] == [None]
+  assert m['random']['programs'] == [1] and m['bayes']['member_steps'] == [120]
+  assert out['totals'] == {'programs': 4, 'member_steps': None, 'sweeps': 3,
+                           'sweeps_wall_s': 90.0}
+  report = (tmp_path / 'report.md').read_text()
+  assert 'The 3 sweeps trained 4 programs in 90 s of wall time' in report
+  assert 'those sharing' not in report and '| programs | member-steps |' in report
+  assert hpo_compare.sweep_programs({'programs': 3, 'populations': []}) == 3
+
+
 @pytest.mark.slow
 def test_vae_studies_smoke(tmp_path):
   for exp, files in (('vae_optimizers', ('curves.png', 'samples.png', 'traversals.png')),

@@ -86,7 +86,8 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
     summary[m] = {'final_best': finals[m], 'trials_to_target': reach,
                   'failed': [s['states']['FAIL'] for s in runs],
                   'wall_s': [s['worker_wall_s'] for s in runs],
-                  'populations': [len(s['populations']) for s in runs]}
+                  'programs': [sweep_programs(s) for s in runs],
+                  'member_steps': [s.get('member_steps') for s in runs]}
   imps = [s['importance']['fanova'] for s in sweeps['random'] if s['importance'].get('fanova')]
   keys = sorted({k for i in imps for k in i})
   importance = {k: float(np.mean([i.get(k, 0.0) for i in imps])) for k in keys}
@@ -100,22 +101,34 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   rows.append(results.row(f'{b["speed_trials"]} trials as one population vs one by one',
                           'population_speedup', [speed['speedup']]))
   wall = time.time() - t0
+  sweeps_wall = float(sum(w for s in summary.values() for w in s['wall_s']))
+  totals = {'programs': sum(p for s in summary.values() for p in s['programs']),
+            'member_steps': _total([n for s in summary.values() for n in s['member_steps']]),
+            'sweeps': sum(len(s['programs']) for s in summary.values()),
+            'sweeps_wall_s': sweeps_wall}
   out = results.write(workdir / 'results.json', 'hpo_compare', rows, budget=budget,
                       wall_time_s=wall, target=target, margin=MARGIN, methods=summary,
-                      importance=importance, population_speed=speed)
+                      totals=totals, importance=importance, population_speed=speed)
   lines = ['| method | best val -ELBO (median, range) | trials to target (per seed) | '
-           'failed trials | wall (s) |', '|---|---|---|---|---|']
+           'failed trials | programs | member-steps | wall (s) |',
+           '|---|---|---|---|---|---|---|']
   for m in METHODS:
     s, f = summary[m], np.asarray(finals[m])
     lines.append(f'| {m} | {np.median(f):.2f} ({f.min():.2f} .. {f.max():.2f}) | '
                  f'{s["trials_to_target"]} | {s["failed"]} | '
+                 f'{", ".join(map(str, s["programs"]))} | '
+                 f'{", ".join("—" if n is None else str(n) for n in s["member_steps"])} | '
                  f'{", ".join(f"{w:.0f}" for w in s["wall_s"])} |')
+  steps = '' if totals['member_steps'] is None else f', {totals["member_steps"]} member-steps'
   write_report(
       workdir, 'Grid vs random vs Bayesian search (digits VAE)',
       f'Budget `{budget}`: {b["trials"]} trials per sweep, sweep seeds {list(b["seeds"])}, '
-      f'{b["epochs"]} epochs per trial, batches of {b["batch"]} asked trials (those sharing '
-      f'latent size, hidden size and optimizer train as one population). Target: within '
-      f'{MARGIN:g} nat of the best validation value any sweep found ({target:.2f}).',
+      f'{b["epochs"]} epochs per trial, batches of {b["batch"]} asked trials, each batch '
+      f'trained in as few programs as the cost model finds fastest (trials of different '
+      f'latent size, hidden size or optimizer may share one; programs, member-steps and wall '
+      f'time per sweep seed in the table). The {totals["sweeps"]} sweeps trained '
+      f'{totals["programs"]} programs{steps} in {sweeps_wall:.0f} s of wall time. Target: '
+      f'within {MARGIN:g} nat of the best validation value any sweep found ({target:.2f}).',
       ['\n'.join(lines),
        '**fANOVA importance** (mean over the random sweeps): ' +
        ', '.join(f'{k} {v:.2f}' for k, v in sorted(importance.items(), key=lambda kv: -kv[1])),
@@ -126,6 +139,18 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
       {'best so far': 'best_so_far.png'}, wall)
   print('\n'.join(lines))
   return out
+
+
+def sweep_programs(summary: dict) -> int:
+  """The training programs a sweep ran: its summary's ``programs``, or (sweeps from
+  before programs were counted) the number of populations it lists."""
+  n = summary.get('programs')
+  return int(n) if isinstance(n, (int, float)) else len(summary.get('populations', []))
+
+
+def _total(values: list) -> int | None:
+  """Sum of ``values``; None when any is unknown."""
+  return None if any(v is None for v in values) else int(sum(values))
 
 
 def _population_speedup(workdir: Path, b) -> dict:
