@@ -33,8 +33,9 @@ _METHOD = flags.DEFINE_enum('method', 'random', list(runner.METHODS), 'Search me
 _TRIALS = flags.DEFINE_integer('trials', 0, 'Trials in total (grid: 0 = the whole grid).')
 _SPACE = flags.DEFINE_string('space', None, "Argument of the config file's get_search_space.")
 _BATCH = flags.DEFINE_integer('population_size', 8,
-                              'Trials asked at a time; those sharing structure train as one '
-                              'vmapped population.')
+                              'Trials asked at a time; they train in the populations the cost '
+                              'model finds fastest (optimizer rules and widths mix; batch size, '
+                              'depth... need their own).')
 _STORAGE = flags.DEFINE_string('storage', 'journal', "'journal', 'sqlite' or an SQLAlchemy URL.")
 _STUDY = flags.DEFINE_string('study_name', 'sweep', 'Optuna study name inside the storage.')
 _HEARTBEAT = flags.DEFINE_integer(

@@ -3,8 +3,9 @@
 The stand-in keeps the sweep machinery real (Optuna storage, locks, batching,
 recovery) and replaces training by a known function of the hyperparameters:
 val/nelbo = 100 + (log10 lr + 3)^2 + (beta - 1)^2 (+ 1 for sgd), a member with
-lr > ``DIVERGE_LR`` diverges (NaN). Every call appends its population to
-``calls.jsonl`` in the sweep workdir, and sleeps ``SLEEP`` seconds.
+lr > ``DIVERGE_LR`` diverges (NaN), each member reports ``STEPS`` steps. Every
+call appends its population to ``calls.jsonl`` in the sweep workdir, and sleeps
+``SLEEP`` seconds.
 """
 import json
 import math
@@ -18,6 +19,7 @@ from research.sweep.space import Choice, Float
 
 DIVERGE_LR = 1.0
 SLEEP = 0.0
+STEPS = 10  # the steps every member reports
 
 SPACE = {
     'optim.lr': Float(1e-4, 1e-2, log=True, grid=(1e-4, 1e-3, 1e-2)),
@@ -33,15 +35,18 @@ def objective(m, name):
 
 def fake_train(config, run_dir):
   members = population.expand(config, ('task.beta', 'task.free_bits', 'task.anneal_steps'))
+  names = [m.get('optim.name', config.optim.name) for m in members]
   with open(Path(run_dir).parents[1] / 'calls.jsonl', 'a') as f:
-    f.write(json.dumps({'run': Path(run_dir).name, 'name': config.optim.name,
-                        'members': members}) + '\n')
+    f.write(json.dumps({'run': Path(run_dir).name, 'names': names,
+                        'batch_size': config.train.batch_size,
+                        'population': config.population, 'members': members}) + '\n')
   time.sleep(SLEEP)
   out = []
-  for i, m in enumerate(members):
+  for i, (m, name) in enumerate(zip(members, names)):
     bad = m['optim.lr'] > DIVERGE_LR
-    v = float('nan') if bad else objective(m, config.optim.name)
-    out.append({'member': i, 'hparams': m, 'diverged': bad, 'val/nelbo': v, 'test/nelbo': v + 1})
+    v = float('nan') if bad else objective(m, name)
+    out.append({'member': i, 'hparams': m, 'diverged': bad, 'val/nelbo': v, 'test/nelbo': v + 1,
+                'steps': STEPS})
   return {'members': out}
 
 

@@ -75,9 +75,12 @@ def test_grid_covers_exactly_its_grid_with_conditions_and_populations(tmp_path):
   done = study.get_trials(states=(TS.COMPLETE,))
   assert len(study.trials) == len(done) == 18
   assert sorted(map(_key, (t.params for t in done))) == sorted(map(_key, expected))
-  # One batch: the adam trials form one population, the sgd trials another.
-  sizes = sorted((c['name'], len(c['members'])) for c in _calls(tmp_path))
-  assert sizes == [('adam', 6), ('sgd', 12)]
+  # One batch, one population: optimizer rules vary inside a population.
+  calls = _calls(tmp_path)
+  assert len(calls) == 1 and sorted(calls[0]['names']) == ['adam'] * 6 + ['sgd'] * 12
+  assert out['programs'] == len(out['populations']) == 1
+  assert out['populations'][0]['size'] == 18 and out['populations'][0]['kinds'] == 2
+  assert out['member_steps'] == 18 * sw.STEPS
   for t in done:  # each trial got its own member's value back
     assert t.value == pytest.approx(sw.objective(t.params, t.params['optim.name']))
   best = min(expected, key=lambda p: sw.objective(p, p['optim.name']))

@@ -121,18 +121,35 @@ def write(study: optuna.Study, workdir: Path, space, config, config_ref: str,
     if test_key in bt.user_attrs:
       rows.append(results.row(name, test_key, [bt.user_attrs[test_key]]))
     best_info = {'number': bt.number, 'value': bt.value, 'params': values, 'command': cmd}
-  pops = {}
-  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-    if 'run' in t.user_attrs:
-      pops[t.user_attrs['run']] = (t.user_attrs['population_size'], t.user_attrs['population_wall_s'])
+  pops, member_steps = programs(study)
   return results.write(
       workdir / 'results.json', f'sweep_{config.experiment}', rows,
       method=study.user_attrs.get('method'), metric=study.user_attrs.get('metric'),
       direction=study.direction.name.lower(), states=counts, best=best_info, importance=imp,
       best_so_far={'trials': n.tolist(), 'wall_s': wall.tolist(), 'best': best.tolist()},
-      populations=[{'run': r, 'size': s, 'wall_s': w} for r, (s, w) in pops.items()],
+      programs=len(pops), member_steps=member_steps, populations=pops,
       worker_wall_s=time.time() - t_start,
       trials=[{k: v for k, v in r.items()} for r in records])
+
+
+def programs(study: optuna.Study) -> tuple[list[dict[str, Any]], int | None]:
+  """The training programs (`train_and_evaluate` runs) the sweep's finished trials
+  ran in, each run directory once: ``{'run', 'size' (members), 'kinds' (distinct
+  structures), 'wall_s'}``; and the steps their members trained, summed over the
+  trials whose run returned results (None for a study from before trials recorded
+  their steps)."""
+  pops: dict[str, dict[str, Any]] = {}
+  steps, unknown = 0, False
+  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    a = t.user_attrs
+    if 'run' in a:  # (population_size and population_wall_s: studies from before programs)
+      pops[a['run']] = {'run': a['run'],
+                        'size': a.get('program_members', a.get('population_size')),
+                        'kinds': a.get('program_kinds', 1),
+                        'wall_s': a.get('program_wall_s', a.get('population_wall_s'))}
+    steps += int(a.get('member_steps', 0))
+    unknown |= t.state == TrialState.COMPLETE and 'member_steps' not in a
+  return list(pops.values()), None if unknown else steps
 
 
 def _fmt(v) -> str:

@@ -14,18 +14,34 @@
   conditional parameters, ``constant_liar`` so that trials still training
   count as pending) or ``GPSampler`` (needs torch) for each new trial, up to
   ``trials`` of them.
-* **Populations.** A worker asks ``batch`` trials at a time; trials that
-  agree on every structural value (anything that is not a per-member
-  hyperparameter, `research.population.member_keys`) train as one
-  ``population_mode='zip'`` population through `train_and_evaluate`, in
-  ``workdir/runs/<hash of the population>``. Every trial uses the config's
-  seed. Each member's value of the task's selection metric on the split the
-  run selected on (results.json ``select_metric``: validation, or training for
-  data without a validation split; never the test split; with its best
-  parameters) is told back, and the study's ``metric`` and each trial's
-  ``select_metric`` name that split; a diverged member
-  or a non-finite value is told as FAIL (``user_attrs['fail_reason'] =
-  'diverged'``) and the sweep goes on.
+* **Programs.** A worker asks ``batch`` trials at a time and trains them in
+  the programs the cost model finds fastest (`plan_programs`). Trials first
+  split by the values of the keys that cannot vary inside one population:
+  everything the space sets that is neither a numeric hyperparameter
+  (`research.population.member_keys`) nor a structural key the model can mix
+  (`research.structure.mixable_keys`: the optimizer rule, the widths the model
+  declares, the LSTM variant); batch size or depth, say. Within such a group
+  each distinct combination of mixable values is a kind, and
+  `research.structure.program_groups` (over every JAX device) decides which
+  kinds share a program, from the padded FLOPs of a member-step
+  (`research.structure.padded_flops`; the data are loaded once, when widths
+  first vary): optimizer rules mix at no cost, a narrow width joins a wide one
+  when padding costs less than a program of its own, and kinds that cannot be
+  mixed exactly (widths of different lengths, dropout over a varied width,
+  ...) never share one; a mix that training still refuses (a ``ValueError``)
+  trains again as one program per kind. Each program is one
+  ``population_mode='zip'`` population through `train_and_evaluate`, whose
+  population string holds every member's values, in ``workdir/runs/<hash of
+  the program's shared values and members>``; each member computes what its
+  trial would alone. Every trial uses the config's seed. Each member's value
+  of the task's selection metric on the split the run selected on
+  (results.json ``select_metric``: validation, or training for data without a
+  validation split; never the test split; with its best parameters) is told
+  back, and the study's ``metric`` and each trial's ``select_metric`` name
+  that split; a diverged member or a non-finite value is told as FAIL
+  (``user_attrs['fail_reason'] = 'diverged'``) and the sweep goes on. Each
+  trial records its ``run``, ``program_members``, ``program_kinds``,
+  ``program_wall_s`` and ``member_steps`` (the steps its member trained).
 * **Crash safety.** Each worker holds an ``fcntl`` lock on
   ``workdir/workers/<id>.lock`` while it lives; the kernel drops it when the
   process dies (even ``kill -9``). Asking happens under ``workdir/sweep.lock``.
@@ -47,12 +63,14 @@
 
 Outputs (`research.sweep.report`): ``trials.csv``, ``trials.md``,
 ``best_so_far.png``, ``importance.json``, ``best_config.txt`` (a ready
-``scripts/train.py`` command line) and ``results.json``.
+``scripts/train.py`` command line) and ``results.json`` (with ``programs``,
+the training programs the trials ran in, and ``member_steps``, their steps summed).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -67,10 +85,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import jax
 import ml_collections
 import optuna
 
 from research import configlib, population
+from research import structure as structure_lib
 from research.sweep import space as space_lib
 from research.tasks import make_task
 
@@ -283,27 +303,172 @@ def structural_keys(params: Mapping[str, Any], member_keys: tuple[str, ...]) -> 
   return {k: v for k, v in params.items() if k not in member_keys}
 
 
-def train_population(config: ml_collections.ConfigDict, structure: Mapping[str, Any],
-                     members: list[Mapping[str, Any]], runs_dir: Path,
-                     train_fn: Callable) -> tuple[dict, Path]:
-  """Trains trials that share ``structure`` as one zip population."""
+def _with(config: ml_collections.ConfigDict,
+          values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """An unlocked copy of ``config`` with ``values`` set."""
   c = copy.deepcopy(config)
   c.unlock()
-  configlib.with_values(c, structure)
-  numeric = sorted({k for m in members for k in m})
+  return configlib.with_values(c, dict(values))
+
+
+def _number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _plain(v: Any) -> Any:
+  return tuple(v) if isinstance(v, list) else v
+
+
+def _key(values: Mapping[str, Any]) -> str:
+  return repr(sorted(((k, _plain(v)) for k, v in values.items()), key=lambda kv: kv[0]))
+
+
+def _pop_value(v: Any) -> str:
+  """A value as `research.population.parse_spec` reads it back: numbers exactly
+  (``repr(float)``; population casts integer keys back), words as they are,
+  True/False, tuples as ``(64,64)`` (``(256,)`` for one element)."""
+  if isinstance(v, (tuple, list)):
+    inner = ','.join(str(x) if isinstance(x, int) else _pop_value(x) for x in v)
+    return f'({inner},)' if len(v) == 1 else f'({inner})'
+  return repr(float(v)) if _number(v) else str(v)
+
+
+def population_run(config: ml_collections.ConfigDict, structure: Mapping[str, Any],
+                   members: list[Mapping[str, Any]],
+                   runs_dir: Path) -> tuple[ml_collections.ConfigDict, Path]:
+  """The config and run directory of trials trained as one zip population.
+
+  ``structure`` holds the values they share (set on the config), ``members``
+  each trial's own values (numeric hyperparameters, and the structural values
+  that vary inside the program); a key a member lacks takes the config's value.
+  Every member uses the config's seed. The directory is
+  ``runs_dir/<hash of structure and members>``."""
+  c = _with(config, structure)
   seed = int(configlib.get_path(c, 'seed'))
-  cols = {'seed': [seed] * len(members)}
-  for k in numeric:
-    cols[k] = [m.get(k, configlib.get_path(c, k)) for m in members]
-  c.population = ' '.join(f'{k}={",".join(repr(float(v)) for v in vs)}' for k, vs in cols.items())
+  cols = {'seed': [_pop_value(seed)] * len(members)}
+  for k in sorted({k for m in members for k in m}):
+    cols[k] = [_pop_value(m.get(k, configlib.get_path(c, k))) for m in members]
+  c.population = ' '.join(f'{k}={",".join(vs)}' for k, vs in cols.items())
   c.population_mode = 'zip'
   key = json.dumps({'structure': {k: repr(v) for k, v in sorted(structure.items())},
-                    'members': [{k: repr(float(v)) for k, v in sorted(m.items())} for m in members]},
+                    'members': [{k: repr(float(v)) if _number(v) else repr(_plain(v))
+                                 for k, v in sorted(m.items())} for m in members]},
                    sort_keys=True)
   run_dir = runs_dir / hashlib.sha1(key.encode()).hexdigest()[:12]
   run_dir.mkdir(parents=True, exist_ok=True)
   (run_dir / 'population.json').write_text(key)
+  return c, run_dir
+
+
+def train_population(config: ml_collections.ConfigDict, structure: Mapping[str, Any],
+                     members: list[Mapping[str, Any]], runs_dir: Path,
+                     train_fn: Callable) -> tuple[dict, Path]:
+  """Trains trials as one zip population (`population_run`)."""
+  c, run_dir = population_run(config, structure, members, runs_dir)
   return train_fn(c, run_dir), run_dir
+
+
+@dataclasses.dataclass
+class Program:
+  """Trials of a batch that train as one population."""
+  structure: dict[str, Any]  # the values its trials share (set on the config)
+  trials: list[int]  # indices into the batch, in order
+  members: list[dict[str, Any]]  # per trial: numeric values, and structural values that vary
+  kinds: list[int]  # per trial: its kind (distinct structure) within the program
+
+  @property
+  def num_kinds(self) -> int:
+    return len(set(self.kinds))
+
+
+def plan_programs(config: ml_collections.ConfigDict, batch: list[Mapping[str, Any]],
+                  member_keys: tuple[str, ...], dataset_fn: Callable | None = None,
+                  devices: int | None = None) -> list[Program]:
+  """Which trials of a batch (each a dict of config values) train together.
+
+  Trials first split by the values of every key that cannot vary inside one
+  program (neither a numeric ``member_keys`` nor one of
+  `research.structure.mixable_keys`). Within such a group the distinct
+  combinations of mixable structural values are kinds, and
+  `research.structure.program_groups` (over ``devices``, default every JAX
+  device) decides which kinds share a program, from the padded FLOPs of a
+  member-step (`research.structure.padded_flops` on ``dataset_fn(data
+  config)``, called only when widths vary). Kinds that cannot share a program
+  exactly never do. Programs come in the order of their first trial."""
+  groups: dict[str, list[int]] = {}
+  fixed_of, mix_of = [], []
+  for i, values in enumerate(batch):
+    others = structural_keys(values, member_keys)
+    mixable = structure_lib.mixable_keys(_with(config, others)) if others else ()
+    fixed_of.append({k: v for k, v in others.items() if k not in mixable})
+    mix_of.append({k: v for k, v in others.items() if k in mixable})
+    groups.setdefault(_key(fixed_of[i]), []).append(i)
+  programs = []
+  for idx in groups.values():
+    fixed = fixed_of[idx[0]]
+    gconfig = _with(config, fixed)
+    keys = sorted({k for i in idx for k in mix_of[i]})
+    kind_of: dict[str, int] = {}
+    kinds: list[dict[str, Any]] = []
+    of_kind: list[list[int]] = []
+    for i in idx:
+      kind = {k: _plain(mix_of[i].get(k, configlib.get_path(gconfig, k))) for k in keys}
+      j = kind_of.setdefault(_key(kind), len(kinds))
+      if j == len(kinds):
+        kinds.append(kind)
+        of_kind.append([])
+      of_kind[j].append(i)
+    parts = [[0]]
+    if len(kinds) > 1:
+      flops = _flops_fn(gconfig, kinds, [[batch[i] for i in t] for t in of_kind], keys,
+                        dataset_fn)
+      parts = structure_lib.program_groups(kinds, [len(t) for t in of_kind], flops,
+                                           devices=devices or len(jax.devices()))
+    for part in parts:
+      part = sorted(part)
+      trials = sorted(i for j in part for i in of_kind[j])
+      trial_kind = {i: j for j in part for i in of_kind[j]}
+      varied = [k for k in keys if len({repr(kinds[j][k]) for j in part}) > 1]
+      # Shared structural values go to the config (when a trial set them), varied ones
+      # to the members; a program of one kind is what a run of that structure is.
+      shared = {k: kinds[part[0]][k] for k in keys
+                if k not in varied and any(k in mix_of[i] for i in trials)}
+      members = [{**{k: v for k, v in batch[i].items() if k in member_keys},
+                  **{k: kinds[trial_kind[i]][k] for k in varied}} for i in trials]
+      programs.append(Program({**fixed, **shared}, trials, members,
+                              [part.index(trial_kind[i]) for i in trials]))
+  return sorted(programs, key=lambda p: p.trials[0])
+
+
+def _flops_fn(config, kinds: list[dict], trials: list[list[Mapping[str, Any]]],
+              keys: list[str], dataset_fn) -> Callable[[list[int]], float]:
+  """``kind indices -> padded FLOPs of a member-step`` in the program holding
+  them; infinite for kinds that cannot share a program exactly (widths of
+  different lengths, dropout or layer norm over a varied width, free bits with a
+  varied latent), so that the cost model never merges them."""
+  model_keys = [k for k in keys if k not in structure_lib.RULE_KEYS]
+  if all(len({repr(kind[k]) for kind in kinds}) == 1 for k in model_keys):
+    return lambda _: 1.0  # one model for every kind: only optimizer rules differ
+  by_model: dict[str, float] = {}  # programs of the same (widest) model cost the same
+
+  def flops(idx: list[int]) -> float:
+    members = [kinds[j] for j in idx]
+    try:
+      if len(idx) > 1:
+        varied = [k for k in keys if len({repr(m[k]) for m in members}) > 1]
+        structure_lib._refuse_inexact(config, varied, [dict(v) for j in idx for v in trials[j]])
+      if dataset_fn is None:
+        raise ValueError('no data to estimate the cost of mixing widths')
+      model, _ = structure_lib.program_model(config, members, model_keys)
+      key = model.to_json_best_effort(sort_keys=True)
+      if key not in by_model:
+        by_model[key] = structure_lib.padded_flops(config, members, dataset_fn(config.data),
+                                                   keys=keys)
+      return by_model[key]
+    except ValueError as e:
+      logging.info('Trials of structure %s train in separate programs: %s', members, e)
+      return math.inf
+  return flops
 
 
 def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], method: str,
@@ -340,6 +505,7 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   store = make_storage(storage, workdir, heartbeat_s)
   worker = _Worker(workdir)
   lock = workdir / 'sweep.lock'
+  datasets = _dataset_loader()  # for the cost of mixing widths, loaded when first needed
   t_start = time.time()
   try:
     with _flock(lock):
@@ -389,7 +555,7 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
       if not asked:
         break
       with _heartbeats(study, [t for t, _ in asked]):
-        _train_batch(study, config, asked, member_keys, metric, workdir, train_fn)
+        _train_batch(study, config, asked, member_keys, metric, workdir, train_fn, datasets)
     if report:
       with _flock(lock):
         return report_lib.write(study, workdir, space, config, config_ref, t_start)
@@ -398,46 +564,84 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
     worker.close()
 
 
-def _train_batch(study, config, asked, member_keys, metric, workdir, train_fn):
-  groups: dict[str, list] = {}
-  for t, values in asked:
-    s = structural_keys(values, member_keys)
-    groups.setdefault(repr(sorted(s.items(), key=lambda kv: kv[0])), []).append((t, values, s))
-  for items in groups.values():
-    structure = items[0][2]
-    members = [{k: v for k, v in values.items() if k in member_keys} for _, values, _ in items]
-    t0 = time.time()
-    try:
-      out, run_dir = train_population(config, structure, members, workdir / 'runs', train_fn)
-    except Exception as e:  # noqa: BLE001 - tell the trials, then decide
-      from research.train import DivergenceError
-      reason = 'diverged' if isinstance(e, DivergenceError) else f'error: {type(e).__name__}: {e}'
-      for t, _, _ in items:
-        t.set_user_attr('fail_reason', reason[:500])
-        study.tell(t, state=TrialState.FAIL)
-      if isinstance(e, DivergenceError):
-        logging.warning('Population of trials %s diverged: %s', [t.number for t, _, _ in items], e)
-        continue
-      raise
+def _dataset_loader() -> Callable:
+  """``data config -> Dataset``, each loaded once (on first use)."""
+  cache: dict[str, Any] = {}
+
+  def load(data_config):
+    key = data_config.to_json_best_effort(sort_keys=True)
+    if key not in cache:
+      from research.data import load_dataset
+      cache[key] = load_dataset(data_config)
+    return cache[key]
+  return load
+
+
+def _train_batch(study, config, asked, member_keys, metric, workdir, train_fn,
+                 dataset_fn=None):
+  batch = [values for _, values in asked]
+  for program in plan_programs(config, batch, member_keys, dataset_fn):
+    _train_program(study, config, [asked[i] for i in program.trials], program, member_keys,
+                   metric, workdir, train_fn, dataset_fn)
+
+
+def _train_program(study, config, items, program: Program, member_keys, metric, workdir,
+                   train_fn, dataset_fn):
+  """Trains one program and tells its trials (``items``: (trial, values) in order)."""
+  from research.train import DivergenceError
+  t0 = time.time()
+  run_dir = None
+
+  def record(t, wall):
+    t.set_user_attr('run', str(run_dir.relative_to(workdir)))
+    t.set_user_attr('program_members', len(items))
+    t.set_user_attr('program_kinds', program.num_kinds)
+    t.set_user_attr('program_wall_s', wall)
+
+  try:
+    c, run_dir = population_run(config, program.structure, program.members, workdir / 'runs')
+    out = train_fn(c, run_dir)
+  except Exception as e:  # noqa: BLE001 - tell the trials, then decide
+    if isinstance(e, ValueError) and program.num_kinds > 1:
+      # A mix the structure checks refuse (an unusual parameter layout): one program per kind.
+      logging.warning('Trials %s cannot train as one program (%s); training each structure '
+                      'separately', [t.number for t, _ in items], e)
+      for k in range(program.num_kinds):
+        sub = [item for item, kind in zip(items, program.kinds) if kind == k]
+        (single,) = plan_programs(config, [v for _, v in sub], member_keys, dataset_fn)
+        _train_program(study, config, [sub[i] for i in single.trials], single, member_keys,
+                       metric, workdir, train_fn, dataset_fn)
+      return
+    reason = 'diverged' if isinstance(e, DivergenceError) else f'error: {type(e).__name__}: {e}'
     wall = time.time() - t0
-    selected = _selected_metric(out, metric)
-    if study.user_attrs.get('metric') != selected:
-      study.set_user_attr('metric', selected)
-    for (t, _, _), m in zip(items, out['members']):
-      value = m.get(selected, float('nan'))
-      t.set_user_attr('select_metric', selected)
-      t.set_user_attr('run', str(run_dir.relative_to(workdir)))
-      t.set_user_attr('member', m['member'])
-      t.set_user_attr('population_size', len(items))
-      t.set_user_attr('population_wall_s', wall)
-      for k, v in m.items():
-        if k.startswith('test/') and isinstance(v, float) and math.isfinite(v):
-          t.set_user_attr(k.replace('/', '_'), v)
-      if m.get('diverged') or not math.isfinite(value):
-        t.set_user_attr('fail_reason', 'diverged')
-        study.tell(t, state=TrialState.FAIL)
-      else:
-        study.tell(t, value)
+    for t, _ in items:
+      if run_dir is not None:
+        record(t, wall)
+      t.set_user_attr('fail_reason', reason[:500])
+      study.tell(t, state=TrialState.FAIL)
+    if isinstance(e, DivergenceError):
+      logging.warning('Population of trials %s diverged: %s', [t.number for t, _ in items], e)
+      return
+    raise
+  wall = time.time() - t0
+  selected = _selected_metric(out, metric)
+  if study.user_attrs.get('metric') != selected:
+    study.set_user_attr('metric', selected)
+  for (t, _), m in zip(items, out['members']):
+    value = m.get(selected, float('nan'))
+    record(t, wall)
+    t.set_user_attr('select_metric', selected)
+    t.set_user_attr('member', m['member'])
+    if 'steps' in m:
+      t.set_user_attr('member_steps', int(m['steps']))
+    for k, v in m.items():
+      if k.startswith('test/') and isinstance(v, float) and math.isfinite(v):
+        t.set_user_attr(k.replace('/', '_'), v)
+    if m.get('diverged') or not math.isfinite(value):
+      t.set_user_attr('fail_reason', 'diverged')
+      study.tell(t, state=TrialState.FAIL)
+    else:
+      study.tell(t, value)
 
 
 def _selected_metric(out: Mapping[str, Any], metric: str) -> str:
