@@ -529,9 +529,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   together (an abstract init on the data's shapes); writes nothing."""
   task = make_task(config.task)
   members = population.expand(config, task.hparam_keys)
+  numeric = set(population.member_keys(task.hparam_keys))
+  shared = [k for k in members[0] if k not in numeric
+            and len({repr(m[k]) for m in members}) == 1]
+  if shared:  # a structural value every member has is simply the run's config
+    config = structure_lib.member_config(config, members[0], shared)
   dataset = load_dataset(config.data)
-  plan = structure_lib.make_plan(config, members, task.hparam_keys,
-                                 abstract_init(dataset)) if len(members) > 1 else None
+  plan = structure_lib.make_plan(config, members, task.hparam_keys, abstract_init(dataset))
   trainer = Trainer(config, dataset, members, task, plan)
   K = len(members)
   shard, replicated = member_sharding(K)

@@ -204,3 +204,15 @@ def test_program_groups_merge_when_overhead_dominates():
   assert structure.program_groups(kinds, [4, 4, 4], costly, backend='cpu') == [[0, 1], [2]]
   assert structure.program_groups(kinds, [4, 4, 4], cheap, backend='cpu',
                                   max_members=8) in ([[0, 1], [2]], [[0, 2], [1]], [[1, 2], [0]])
+
+
+def test_structural_values_every_member_shares_are_the_runs_config(tmp_path):
+  """A lone member's (or every member's) structural value is applied, not ignored."""
+  pop = train_and_evaluate(vae(population='seed=0 optim.name=sgd model.hidden=(12,12)'),
+                           tmp_path / 'pop')
+  solo = train_and_evaluate(vae(population='seed=0', **{'optim.name': 'sgd',
+                                                        'model.hidden': (12, 12)}),
+                            tmp_path / 'solo')
+  assert pop['num_params'] == solo['num_params']
+  np.testing.assert_allclose(pop['members'][0]['val/nelbo'], solo['members'][0]['val/nelbo'],
+                             rtol=1e-6)
