@@ -35,6 +35,7 @@ def adding(**overrides):
 def vae(**overrides):
   c = cli.load_config('configs/vae_digits.py', 'quick,hidden=8,latent=2')
   c.train.epochs, c.train.eval_every, c.train.progress = 1, 1, False
+  c.data.num_train = 256
   return configlib.with_values(c, overrides)
 
 
@@ -98,6 +99,7 @@ def test_mlp_width_mix_equals_solo_runs(tmp_path):
                             'seed=0,1 model.hidden=8,16', tmp_path, mode='zip')
 
 
+@pytest.mark.slow
 def test_conv_channel_mix_equals_solo_runs(tmp_path):
   def make(**kw):
     c = cli.load_config('configs/mnist1d.py', 'model=cnn')
