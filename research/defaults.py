@@ -39,6 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
       augment='',  # e.g. 'jitter=0.03,time_warp=0.2' (research/augment.py)
       patience=0,  # evaluations without validation improvement before a member stops; 0 = never
       checkpoint_keep=2,  # latest checkpoints kept; each holds every member's best params too
+      # compaction: when at most this fraction of the members on the device still trains,
+      # the program continues with the live ones only (stopped members cost no compute;
+      # research/train.py `_Members`); 0 = never
+      compact=0.5,
       progress=True,
       # seconds without a finished epoch or evaluation before the run dumps every thread's
       # stack to workdir/hang-<time>.txt and exits 75 (research/watchdog.py); 0 = off.

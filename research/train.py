@@ -307,7 +307,7 @@ def member_sharding(num_members: int):
 
 
 # Keys that change nothing a run computes: a resumed run may set them differently.
-RESUME_MAY_DIFFER = frozenset({'train.progress', 'train.watchdog_s'})
+RESUME_MAY_DIFFER = frozenset({'train.progress', 'train.watchdog_s', 'train.compact'})
 
 
 def _check_config(workdir: Path, config: ml_collections.ConfigDict, has_checkpoint: bool) -> None:
@@ -622,13 +622,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     checkpointer.close()
 
 
+class _Members:
+  """Which members the program still trains (compaction).
+
+  ``index[r]`` is the member on device row r; members that stopped (early
+  stopping, divergence) and left the device are kept on the host in
+  ``retired``. Every member's state is computed by its own rows of a vmapped
+  program, so dropping rows changes no other member's numbers. `full` puts the
+  population back together (checkpoints, final results); `compact` keeps the
+  live rows, plus as few stopped ones as make the count a multiple of the
+  devices the member axis is sharded over."""
+
+  def __init__(self, run: Setup):
+    self.run = run
+    self.K = len(run.members)
+    self.index = np.arange(self.K)
+    self.retired: dict[int, Any] = {}
+    self.hp_host = _host(run.hp)
+    self.hp = run.hp
+
+  @property
+  def members(self) -> list[dict]:
+    return [self.run.members[j] for j in self.index]
+
+  def full(self, state: MemberState) -> MemberState:
+    if not self.retired:
+      return state
+    rows = _host(state)
+    ids = sorted(self.retired)
+    olds = [self.retired[j] for j in ids]
+
+    def put(a, *rs):
+      out = np.empty((self.K,) + a.shape[1:], a.dtype)
+      out[self.index] = a
+      for j, r in zip(ids, rs):
+        out[j] = r
+      return out
+    full = jax.tree.map(put, rows, *olds)
+    return jax.device_put(full, self.run.shard) if self.run.shard is not None else \
+        jax.tree.map(jnp.asarray, full)
+
+  def full_flags(self, flags: dict) -> dict:
+    """Host arrays of the device rows -> arrays over every member (retired ones from
+    their stored state: the field names of ``flags`` are MemberState's, or 'last')."""
+    if not self.retired:
+      return flags
+    out = {}
+    for k, a in flags.items():
+      v = np.empty((self.K,) + a.shape[1:], a.dtype)
+      v[self.index] = a
+      for j, st in self.retired.items():
+        v[j] = np.asarray(getattr(st, 'last_finite_loss' if k == 'last' else k))
+      out[k] = v
+    return out
+
+  def compact(self, state: MemberState, fraction: float) -> MemberState:
+    flags = _host({'active': state.active, 'diverged': state.diverged})
+    live = flags['active'] & ~flags['diverged']
+    n, n_live = len(self.index), int(live.sum())
+    if fraction <= 0 or n_live == 0 or n_live > fraction * n:
+      return state
+    d = self.run.n_shards
+    size = min(n, -(-n_live // d) * d)
+    if size >= n:
+      return state
+    keep = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:size]
+    keep.sort()
+    rows = _host(state)
+    for r in sorted(set(range(n)) - set(keep.tolist())):
+      self.retired[int(self.index[r])] = jax.tree.map(lambda a: a[r], rows)
+    self.index = self.index[keep]
+    shard = self.run.shard
+    place = (lambda x: jax.device_put(x, shard)) if shard is not None else jnp.asarray
+    self.hp = jax.tree.map(lambda a: place(a[self.index]), self.hp_host)
+    logging.info('Compacted the population to %d of %d members (%d still training)',
+                 size, self.K, n_live)
+    return jax.tree.map(lambda a: place(a[keep]), rows)
+
+
 def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, workdir: Path,
                 checkpointer, dog, stop) -> tuple[MemberState, dict]:
   """Trains from ``start_epoch`` until the last epoch or until every member stopped;
-  evaluates, logs and checkpoints every ``train.eval_every`` epochs."""
+  evaluates, logs and checkpoints every ``train.eval_every`` epochs. After an
+  evaluation at which at most ``train.compact`` of the rows still train, the
+  program continues with the live members only (`_Members`). Returns the whole
+  population's state."""
   config, trainer, members = run.config, run.trainer, run.members
   epochs = int(config.train.epochs)
   eval_every = max(1, int(config.train.eval_every))
+  compact = float(config.train.get('compact', 0) or 0)
   select = run.select_split
   logger = _Logger(workdir, start_epoch, members, run.varied)
   progress = _Progress(config, trainer.patience, eval_every)
@@ -636,12 +718,14 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   t_start = time.time() - float(meta.get('train_time_s', 0.0))
   first_epoch_s = meta.get('first_epoch_s', meta.get('compile_time_s'))
   reported = set(np.flatnonzero(np.asarray(state.diverged)).tolist())
+  rows = _Members(run)
+  state = rows.compact(state, compact)  # a resumed run leaves its stopped members behind
   epoch_metrics, window_t, window_steps = [], time.time(), 0
   done = start_epoch
   try:
     for epoch in range(start_epoch, epochs):
       t0 = time.time()
-      state, metrics = trainer.train_epoch(state, run.hp, run.train_data)
+      state, metrics = trainer.train_epoch(state, rows.hp, run.train_data)
       jax.block_until_ready(state.step)
       done = epoch + 1
       if epoch == start_epoch and first_epoch_s is None:
@@ -652,10 +736,10 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       window_steps += trainer.steps_per_epoch
       if done % eval_every and done != epochs:
         if stop.signum is not None:
-          _save(checkpointer, done, state, t_start, first_epoch_s)
+          _save(checkpointer, done, rows.full(state), t_start, first_epoch_s)
           _interrupted(stop.signum, done, workdir)
         continue
-      evals = {name: trainer.evaluate(state.params, state.model_state, run.hp, d)
+      evals = {name: trainer.evaluate(state.params, state.model_state, rows.hp, d)
                for name, d in run.eval_data.items() if name != 'test'}
       state = trainer.update_best(state, evals[select][run.task.select_metric],
                                   jnp.int32(done))
@@ -667,25 +751,28 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       now = time.time()
       live = int((flags['active'] & ~flags['diverged']).sum())
       perf = {'time_s': round(now - t_start, 3),
-              'perf/examples_per_s': window_steps * trainer.batch_size * len(members) /
+              'perf/examples_per_s': window_steps * trainer.batch_size * len(rows.index) /
                                      max(now - window_t, 1e-9)}
-      logger.write(_eval_records(done, members, run.varied, train_m, evals, flags, perf))
+      logger.write(_eval_records(done, members, run.varied, train_m, evals, flags, perf,
+                                 rows.index))
       progress.evaluated(done, f'{select}/{run.task.select_metric}',
                          evals[select][run.task.select_metric], flags,
                          (now - window_t) / len(epoch_metrics))
       epoch_metrics, window_t, window_steps = [], now, 0
-      meta = _save(checkpointer, done, state, t_start, first_epoch_s)
+      meta = _save(checkpointer, done, rows.full(state), t_start, first_epoch_s)
       dog.beat(epoch=done, step=int(flags['step'].max()))
-      _report_divergence(flags, members, reported)
+      _report_divergence(rows.full_flags(flags), members, reported)
       if stop.signum is not None:
         _interrupted(stop.signum, done, workdir)
       if not live:
         logging.info('Early stopping: no member improved for %d evaluations', trainer.patience)
         break
+      if done < epochs:
+        state = rows.compact(state, compact)
   finally:
     progress.close()
     logger.close()
-  return state, meta
+  return rows.full(state), meta
 
 
 def _save(checkpointer, done: int, state, t_start: float, first_epoch_s) -> dict:
@@ -703,13 +790,16 @@ def _interrupted(signum: int, done: int, workdir: Path):
 
 
 def _eval_records(done: int, members, varied, train_m: dict, evals: dict, flags: dict,
-                  perf: dict) -> list[dict]:
-  """One metrics.jsonl record per member: training-step means over the evaluation
-  window (finite steps only), evaluation metrics, flags, time and throughput."""
+                  perf: dict, index=None) -> list[dict]:
+  """One metrics.jsonl record per member on the device (row i holds member
+  ``index[i]``): training-step means over the evaluation window (finite steps
+  only), evaluation metrics, flags, time and throughput."""
   records = []
-  for i, m in enumerate(members):
+  index = range(len(members)) if index is None else index
+  for i, j in enumerate(index):
+    m = members[j]
     ok = train_m['ok'][i].astype(bool)
-    rec = {'epoch': done, 'step': int(flags['step'][i]), 'member': i,
+    rec = {'epoch': done, 'step': int(flags['step'][i]), 'member': int(j),
            'hparams': {k: m[k] for k in varied} if varied else {},
            'diverged': bool(flags['diverged'][i]), 'active': bool(flags['active'][i]), **perf}
     for k, v in train_m.items():

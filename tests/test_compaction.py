@@ -1,0 +1,83 @@
+"""Compaction: members that stopped leave the program; the others' numbers do not change.
+
+A population whose members early-stop at different epochs trains once with
+compaction (``train.compact``) and once without; every member must end with the
+same results and write the same records while it trains, and a run resumed from a
+checkpoint taken after compaction must end like the uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from research.train import train_and_evaluate
+from tests.helpers import small_mnist1d
+
+POP = 'seed=0,1,2,3 optim.lr=0.3,1e-3,0.1,3e-3'
+
+
+def config(compact: float, **kw):
+  return small_mnist1d(**{'train.epochs': 10, 'train.patience': 1, 'train.compact': compact,
+                          'train.checkpoint_keep': 100, 'population': POP,
+                          'population_mode': 'zip', **kw})
+
+
+def records(workdir):
+  out = {}
+  for line in (workdir / 'metrics.jsonl').read_text().splitlines():
+    r = json.loads(line)
+    r.pop('time_s'), r.pop('perf/examples_per_s')
+    out[(r['member'], r['epoch'])] = r
+  return out
+
+
+def assert_same_members(a, b):
+  for x, y in zip(a['members'], b['members']):
+    for k, v in x.items():
+      if isinstance(v, float):
+        np.testing.assert_allclose(v, y[k], rtol=1e-5, atol=1e-7, err_msg=k)
+      else:
+        assert v == y[k], k
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('compaction')
+  return (root, train_and_evaluate(config(0.0), root / 'plain'),
+          train_and_evaluate(config(0.75), root / 'compact'))
+
+
+def test_compacted_members_equal_the_uncompacted_run(runs):
+  root, plain, compact = runs
+  assert_same_members(plain, compact)
+  stops = sorted(m['best_epoch'] for m in plain['members'])
+  assert stops[0] < stops[-1]  # the members do stop at different epochs
+  a, b = records(root / 'plain'), records(root / 'compact')
+  assert set(b) < set(a)  # stopped members wrote no more records once they left
+  for key, rec in b.items():
+    for k, v in rec.items():
+      if isinstance(v, float):
+        np.testing.assert_allclose(v, a[key][k], rtol=1e-5, atol=1e-7, err_msg=f'{key} {k}')
+      else:
+        assert v == a[key][k], (key, k)
+
+
+def test_resume_after_compaction_equals_uninterrupted(runs):
+  root, _, compact = runs
+  work = root / 'resumed'
+  shutil.copytree(root / 'compact', work)
+  # As if killed after the first checkpoint at which fewer members were on the device.
+  seen = {}
+  for (member, epoch) in records(work):
+    seen.setdefault(epoch, set()).add(member)
+  cut = next(e for e in sorted(seen) if len(seen[e]) < 4)
+  for p in (work / 'checkpoints').iterdir():
+    if p.name.isdigit() and int(p.name) > cut:
+      shutil.rmtree(p)
+  (work / 'results.json').unlink()
+  out = train_and_evaluate(config(0.75), work)
+  assert_same_members(compact, out)
+  assert records(work).keys() == records(root / 'compact').keys()
