@@ -20,6 +20,18 @@ Cases:
   state and batch) as one vmapped jitted step, with the member axis sharded
   over the CPU devices when there are several, against K one-by-one steps of
   the single-member program.
+* ``programs`` (`programs_case`): a population whose members differ in
+  structure (LSTM variant x hidden size x seeds) trained by `research.train`'s
+  jitted epoch as ONE program (`research.structure`: mixed cell, widest
+  shapes), against one program per distinct structure (a population of its
+  seeds each, run one after another), and against the partition that
+  `research.structure.program_groups` picks with the cost model. Every
+  candidate trains every member for the same epochs, so the benchmark also
+  checks that each member's losses agree between the ways.
+* ``calibrate`` (`calibrate_case`): fits the cost model's
+  ``step_overhead_s`` and ``flops_per_s`` (`research.structure.COST`) to the
+  seconds per step of programs of K = 1, 2, 4, ... members of one structure at
+  a few widths (and, per width, the same fit on that width's points alone).
 
 GFLOP/s counts the matmuls only: forward ``2 T B (D + H) G H`` for G gate blocks
 (LSTM 4, GRU 3, Elman 1) plus the head; a training step is 3x the forward
@@ -27,7 +39,10 @@ GFLOP/s counts the matmuls only: forward ``2 T B (D + H) G H`` for G gate blocks
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import math
 import os
 import platform
 import statistics
@@ -373,3 +388,423 @@ def environment() -> dict[str, Any]:
     import torch
     env['torch'] = torch.__version__
   return env
+
+
+# ---- programs: members of different structure as one program or as several ----
+
+VARIANT_KEY = 'model.rnn.cell_options.variant'
+HIDDEN_KEY = 'model.rnn.hidden'
+PROGRAM_VARIANTS = ('vanilla', 'NIG', 'NFG', 'NOG', 'NIAF', 'NOAF', 'NP', 'CIFG')
+PROGRAM_DATA = ('copy', 'music')
+PROGRAM_CANDIDATES = ('mixed', 'cost', 'fitted')  # besides 'separate', always run
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class ProgramShape:
+  """The task the programs train on. ``data='copy'``: the copy-memory task of
+  ``configs/synthetic.py`` (10 one-hot inputs, a 9-class output at every step,
+  sequences of ``length`` = T + 20 steps, ``batch * steps`` training sequences);
+  ``'music'``: JSB Chorales (``configs/music.py``, the file at ``music_path``;
+  88 inputs and outputs, sequences padded to the longest, its whole training
+  split: ``length`` and ``steps`` are the data's)."""
+  batch: int = 8
+  length: int = 100
+  steps: int = 10  # training steps per epoch
+  data: str = 'copy'
+  music_path: str = '../shared/data/JSB_Chorales.mat'
+
+
+def program_base_config(shape: ProgramShape):
+  """The LSTM config every program of the ``programs`` and ``calibrate`` cases
+  starts from (population and structure are set per program)."""
+  from research import cli
+  if shape.data == 'copy':
+    if shape.length < 21:
+      raise ValueError(f'the copy task needs length >= 21 (T + 20 with T >= 1), got '
+                       f'{shape.length}')
+    c = cli.load_config(os.path.join(_REPO, 'configs', 'synthetic.py'),
+                        f'task=copy,cell=lstm,T={shape.length - 20}')
+    c.data.num_train = shape.batch * shape.steps
+    c.data.num_val = c.data.num_test = shape.batch
+  elif shape.data == 'music':
+    c = cli.load_config(os.path.join(_REPO, 'configs', 'music.py'), 'cell=lstm')
+    c.data.path = shape.music_path
+  else:
+    raise ValueError(f'unknown program data {shape.data!r}; allowed: {", ".join(PROGRAM_DATA)}')
+  c.train.batch_size = shape.batch
+  c.train.eval_batch_size = shape.batch
+  c.train.progress = False
+  c.train.patience = 0
+  return c
+
+
+def program_config(base, members: list[dict[str, Any]]):
+  """``base`` with ``members`` (dicts of seed and structural keys) as its
+  population: a key all members share is set in the config itself (so that the
+  program is that structure's own), the others in a zip population."""
+  import ml_collections
+
+  from research import configlib, population
+  c = ml_collections.ConfigDict(base.to_dict())
+  spec = []
+  for k in members[0]:
+    values = [m[k] for m in members]
+    if k != 'seed' and len({tuple(v) if isinstance(v, list) else v for v in values}) == 1:
+      configlib.set_path(c, k, values[0])
+    else:
+      spec.append(f'{k}=' + ','.join(population.format_value(v) for v in values))
+  c.population = ' '.join(spec)
+  c.population_mode = 'zip'
+  return c
+
+
+def kind_name(kind: dict[str, Any]) -> str:
+  from research import population
+  return ','.join(population.format_value(v) for v in kind.values())
+
+
+@dataclasses.dataclass
+class Program:
+  """One compiled training epoch of a population (`research.train.Setup`)."""
+  name: str
+  members: list[dict[str, Any]]
+  n_shards: int
+  steps: int  # per epoch
+  flops: float  # `research.structure.padded_flops` of a member-step
+  setup_s: float  # setup + initial state (the init programs' compilation included)
+  compile_s: float  # lowering + compilation of the epoch
+  first_epoch_s: float  # the first call after compilation (untimed)
+  run: Callable[[], None]  # one epoch, blocking until done
+  epoch_losses: Callable[[], np.ndarray]  # the last epoch's mean training loss per member
+  first_losses: np.ndarray  # (members, steps): every step's loss in the first epoch
+  times: list[float] = dataclasses.field(default_factory=list)  # wall s of each timed call
+
+
+def build_program(base, members: list[dict[str, Any]], name: str = '') -> Program:
+  """Sets up, initialises and compiles the epoch of ``members``' program and runs
+  it once (the runs the benchmark times come after)."""
+  from research import structure, train
+  cfg = program_config(base, members)
+  t0 = time.perf_counter()
+  run = train.setup(cfg)
+  state = run.init_state()
+  jax.block_until_ready(state)
+  setup_s = time.perf_counter() - t0
+  got = [m['seed'] for m in run.members]
+  if got != [m['seed'] for m in members]:
+    raise AssertionError(f'{name}: population expanded to seeds {got}, not as given')
+  exe, compile_s = _timed_compile(run.trainer.train_epoch, state, run.hp, run.train_data)
+  box = {'state': state, 'metrics': None}
+
+  def one_epoch():
+    box['state'], box['metrics'] = exe(box['state'], run.hp, run.train_data)
+    jax.block_until_ready(box['metrics']['loss'])
+
+  t0 = time.perf_counter()
+  one_epoch()
+  first = time.perf_counter() - t0
+  first_losses = np.asarray(box['metrics']['loss'], np.float64)
+  keys = [k for k in members[0] if k != 'seed']
+  flops = structure.padded_flops(cfg, [{k: m[k] for k in keys} for m in members],
+                                 run.dataset, keys)
+  return Program(name, members, run.n_shards, run.trainer.steps_per_epoch, flops, setup_s,
+                 compile_s, first, one_epoch,
+                 lambda: np.asarray(box['metrics']['loss'], np.float64).mean(axis=1),
+                 first_losses)
+
+
+def _timed_compile(jitted, *args):
+  t0 = time.perf_counter()
+  exe = jitted.lower(*args).compile()
+  return exe, time.perf_counter() - t0
+
+
+def _run_all(programs: list[Program]) -> Callable[[], None]:
+  def run():
+    for p in programs:
+      t0 = time.perf_counter()
+      p.run()
+      p.times.append(time.perf_counter() - t0)
+  return run
+
+
+@contextlib.contextmanager
+def cost_constants(constants: dict[str, float] | None, backend: str | None = None):
+  """`research.structure.COST` of ``backend`` (default: JAX's) replaced by
+  ``constants`` inside the block (None: unchanged)."""
+  from research import structure
+  backend = backend or jax.default_backend()
+  old = structure.COST.get(backend)
+  if constants is not None:
+    structure.COST[backend] = dict(constants)
+  try:
+    yield
+  finally:
+    if constants is not None:
+      if old is None:
+        structure.COST.pop(backend, None)
+      else:
+        structure.COST[backend] = old
+
+
+class KindFlops:
+  """``padded_flops(kind indices)`` for `research.structure.program_groups`:
+  a member-step's FLOPs in the program holding those kinds (cached by the
+  program's model)."""
+
+  def __init__(self, base, kinds: list[dict[str, Any]], dataset):
+    self.base, self.kinds, self.dataset = base, kinds, dataset
+    self.keys = list(kinds[0])
+    self._cache: dict[str, float] = {}
+
+  def __call__(self, idx: list[int]) -> float:
+    from research import structure
+    members = [self.kinds[i] for i in idx]
+    model, _ = structure.program_model(self.base, members, self.keys)
+    key = model.to_json_best_effort(sort_keys=True)
+    if key not in self._cache:
+      self._cache[key] = structure.padded_flops(self.base, members, self.dataset, self.keys)
+    return self._cache[key]
+
+
+def predicted_epoch_s(groups: list[list[int]], counts: list[int], flops: KindFlops,
+                      steps: int, devices: int) -> float:
+  """The cost model's seconds per epoch of ``groups``' programs run one after another."""
+  from research import structure
+  return steps * sum(structure.program_cost([flops(g)] * sum(counts[i] for i in g), devices)
+                     for g in groups)
+
+
+def product_kinds(variants: list[str], hiddens: list[int]) -> list[dict[str, Any]]:
+  """Every (LSTM variant, hidden size) pair as a member kind for `programs_case`."""
+  return [{VARIANT_KEY: v, HIDDEN_KEY: int(h)} for v in variants for h in hiddens]
+
+
+def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, rounds: int,
+                  max_seconds: float | None = None, warmup: int = 0,
+                  fitted: dict[str, float] | None = None, rtol: float = 1e-4,
+                  candidates: tuple[str, ...] = PROGRAM_CANDIDATES) -> dict[str, Any]:
+  """A mixed-structure population as one program vs one program per structure.
+
+  Members: each kind (a dict of structural keys -> values, e.g. from
+  `product_kinds`) x ``seeds`` seeds (0, 1, ...). Candidates, each
+  training every member one epoch per call (`time_interleaved`, the first
+  epoch after compilation untimed): ``mixed`` (one program), ``separate``
+  (one program per kind, each a population of its seeds, one after another),
+  ``cost model`` (`research.structure.program_groups` under the current
+  `research.structure.COST`) and, given ``fitted`` constants, ``cost model
+  (fitted)``; a partition equal to an earlier candidate's is not built or timed
+  again. ``candidates``: which of ``mixed``, ``cost`` and ``fitted`` (the
+  last needs ``fitted``) run besides ``separate``.
+
+  Losses: every member's loss at each step of its first epoch must equal, to
+  relative ``rtol``, its loss in ``separate`` (``losses_match``; the first
+  step's loss is that of its initial parameters: the embedding is exact). The
+  members' last-epoch mean losses are compared too (``loss_last_*``), without a
+  threshold: the programs' float rounding differs (other batched kernels, the
+  mixed cell), and Adam, which divides by the gradient's size, turns rounding
+  in near-zero gradients into step-size changes, so differences grow with
+  every epoch trained, fastest for the variants whose cell state is unbounded
+  (NFG, NOAF)."""
+  check_choices('programs candidate', list(candidates), PROGRAM_CANDIDATES)
+  from research import structure
+  from research.data import load_dataset
+  base = program_base_config(shape)
+  if len({tuple(k) for k in kinds}) != 1:
+    raise ValueError('every kind must set the same structural keys')
+  counts = [seeds] * len(kinds)
+  dataset = load_dataset(base.data)
+  devices = jax.device_count()
+  kflops = KindFlops(base, kinds, dataset)
+  partitions = {'separate': [[i] for i in range(len(kinds))]}
+  if 'mixed' in candidates:
+    partitions['mixed'] = [list(range(len(kinds)))]
+  if 'cost' in candidates:
+    partitions['cost model'] = structure.program_groups(kinds, counts, kflops, devices)
+  if fitted is not None and 'fitted' in candidates:
+    with cost_constants(fitted):
+      partitions['cost model (fitted)'] = structure.program_groups(kinds, counts, kflops,
+                                                                   devices)
+  same_as: dict[str, str] = {}
+  seen: dict[tuple, str] = {}
+  for name, groups in partitions.items():
+    key = tuple(sorted(tuple(sorted(g)) for g in groups))
+    if key in seen:
+      same_as[name] = seen[key]
+    else:
+      seen[key] = name
+  programs: dict[str, list[Program]] = {}
+  for name, groups in partitions.items():
+    if name in same_as:
+      continue
+    programs[name] = []
+    for g in groups:
+      members = [{'seed': s, **kinds[i]} for i in g for s in range(seeds)]
+      label = ' + '.join(kind_name(kinds[i]) for i in g)
+      programs[name].append(build_program(base, members, label))
+      logging.info('programs %s: built %s (%d members, setup %.1f s, compile %.1f s)', name,
+                   label, len(members), programs[name][-1].setup_s,
+                   programs[name][-1].compile_s)
+  stats = time_interleaved({k: _run_all(v) for k, v in programs.items()}, rounds, max_seconds,
+                           warmup)
+  K = len(kinds) * seeds
+  steps = programs['separate'][0].steps
+  ref = _losses_by_member(programs['separate'], last=True)
+  ref_first = _losses_by_member(programs['separate'], last=False)
+  out = {}
+  for name, groups in partitions.items():
+    if name in same_as:
+      out[name] = {**out[same_as[name]], 'same_as': same_as[name]}
+      continue
+    s = stats[name]
+    progs = programs[name]
+    first = _compare(_losses_by_member(progs, last=False), ref_first)
+    last = _compare(_losses_by_member(progs, last=True), ref)
+    row = {**{k: v for k, v in s.items() if k != 'wall_ms'},
+           'programs': len(progs),
+           'groups': [[kind_name(kinds[i]) for i in g] for g in groups],
+           'member_steps_per_s': K * steps / (s['median_ms'] / 1e3),
+           'setup_s': sum(p.setup_s for p in progs),
+           'compile_s': sum(p.compile_s for p in progs),
+           'first_epoch_s': sum(p.first_epoch_s for p in progs),
+           'predicted_ms': 1e3 * predicted_epoch_s(groups, counts, kflops, steps, devices),
+           'program_rows': [{'program': p.name, 'members': len(p.members),
+                             'devices': p.n_shards, 'flops': p.flops,
+                             'median_ms': 1e3 * statistics.median(p.times),
+                             'compile_s': p.compile_s} for p in progs],
+           'loss_max_abs_diff': first['max_abs'], 'loss_max_rel_diff': first['max_rel'],
+           'loss_worst_member': first['worst'],
+           'loss_last_max_abs_diff': last['max_abs'], 'loss_last_max_rel_diff': last['max_rel'],
+           'loss_last_worst_member': last['worst'],
+           'losses_match': bool(first['max_rel'] <= rtol)}
+    if fitted is not None:
+      with cost_constants(fitted):
+        row['predicted_fitted_ms'] = 1e3 * predicted_epoch_s(groups, counts, kflops, steps,
+                                                             devices)
+    out[name] = row
+  base_ms = out['separate']['median_ms']
+  for row in out.values():
+    row['speed_vs_separate'] = base_ms / row['median_ms']
+  return {'case': 'programs', 'shape': dataclasses.asdict(shape), 'kinds': len(kinds),
+          'seeds': seeds, 'members': K, 'steps_per_epoch': steps, 'devices': devices,
+          'kind_names': [kind_name(k) for k in kinds], 'kind_keys': list(kinds[0]),
+          'cost': dict(structure.COST.get(jax.default_backend(), structure.COST['default'])),
+          'fitted_cost': fitted, 'rtol': rtol, 'rounds': stats['separate']['rounds'],
+          'warmup': warmup,
+          'losses_match': all(r['losses_match'] for r in out.values()),
+          'candidates': out}
+
+
+def _losses_by_member(programs: list[Program], last: bool) -> dict[str, np.ndarray]:
+  """Member name -> its last epoch's mean loss (``last``) or its first epoch's
+  per-step losses."""
+  out = {}
+  for p in programs:
+    losses = p.epoch_losses() if last else p.first_losses
+    for m, loss in zip(p.members, losses):
+      out[kind_name(m)] = np.atleast_1d(np.asarray(loss, np.float64))
+  return out
+
+
+def _compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, Any]:
+  if set(got) != set(ref):
+    raise AssertionError(f'members differ: {sorted(set(got) ^ set(ref))}')
+  worst, max_abs, max_rel = None, 0.0, 0.0
+  for k in ref:
+    d = np.abs(got[k] - ref[k])
+    r = float(np.max(d / np.maximum(np.abs(ref[k]), 1e-12)))
+    max_abs = max(max_abs, float(d.max()))
+    if worst is None or r > max_rel:
+      worst, max_rel = k, r
+  return {'max_abs': max_abs, 'max_rel': max_rel, 'worst': worst}
+
+
+def calibrate_case(shape: ProgramShape, hiddens: list[int], counts: list[int], rounds: int,
+                   max_seconds: float | None = None, warmup: int = 0) -> dict[str, Any]:
+  """Fits seconds per step = step_overhead_s + members per device x flops / flops_per_s.
+
+  One program per (hidden, K): K seeds of the config's LSTM (one structure,
+  no mixing), its members sharded as `research.train` shards them (members per
+  device = K / the devices used); flops = `research.structure.padded_flops` of
+  a member-step. Seconds per step: the median epoch time (`time_interleaved`
+  over all programs) / steps per epoch. Ordinary least squares on all points."""
+  base = program_base_config(shape)
+  progs = []
+  for h in hiddens:
+    for K in counts:
+      members = [{'seed': s, HIDDEN_KEY: int(h)} for s in range(K)]
+      progs.append(build_program(base, members, f'hidden={h} K={K}'))
+      logging.info('calibrate: built %s (setup %.1f s, compile %.1f s)', progs[-1].name,
+                   progs[-1].setup_s, progs[-1].compile_s)
+  stats = time_interleaved({p.name: p.run for p in progs}, rounds, max_seconds, warmup)
+  points = []
+  for p in progs:
+    s = stats[p.name]
+    per_device = len(p.members) / p.n_shards
+    points.append({'program': p.name, 'hidden': int(p.members[0][HIDDEN_KEY]),
+                   'members': len(p.members), 'devices': p.n_shards,
+                   'members_per_device': per_device, 'flops': p.flops,
+                   'step_s': s['median_ms'] / 1e3 / p.steps, 'epoch_median_ms': s['median_ms'],
+                   'epoch_min_ms': s['min_ms'], 'rounds': s['rounds'],
+                   'compile_s': p.compile_s})
+  fit = fit_cost(points)
+  per_width = {}
+  for h in hiddens:
+    pts = [pt for pt in points if pt['hidden'] == int(h)]
+    if len({pt['members_per_device'] for pt in pts}) > 1:
+      f = fit_cost(pts)
+      per_width[str(h)] = {k: f[k] for k in ('step_overhead_s', 'flops_per_s', 'r2')}
+  for pt in points:
+    pt['fitted_step_s'] = fit['step_overhead_s'] + (
+        pt['members_per_device'] * pt['flops'] / fit['flops_per_s'])
+  return {'case': 'calibrate', 'shape': dataclasses.asdict(shape), 'backend':
+          jax.default_backend(), 'devices': jax.device_count(), 'warmup': warmup,
+          'points': points, 'per_width': per_width, **fit}
+
+
+def fit_cost(points: list[dict[str, Any]]) -> dict[str, Any]:
+  """Fits ``step_s = step_overhead_s + members_per_device * flops / flops_per_s``
+  (the form of `research.structure.program_cost`) by least squares on the
+  *relative* residuals (each point weighted by 1 / its time: the points span
+  more than an order of magnitude, and the cost model compares programs by
+  ratio). ``paste`` is the line for `research.structure.COST`; a negative
+  intercept is reported as fitted (``negative_overhead``) and pasted as 0.
+
+  ``with_member_overhead``: the same fit with a third term, a fixed cost per
+  member-step (``members_per_device * member_step_s``: the per-member small
+  ops that do not scale with the parameter count), which the cost model does
+  not have; reported to show how much of the residual it explains."""
+  n = np.array([p['members_per_device'] for p in points], np.float64)
+  x = n * np.array([p['flops'] for p in points], np.float64)
+  y = np.array([p['step_s'] for p in points], np.float64)
+  if len(points) < 2 or np.ptp(x) == 0:
+    raise ValueError('the cost fit needs points of at least two different member x flops '
+                     'products (several member counts or widths)')
+
+  def lsq(columns):
+    A = np.stack(columns, axis=1)
+    coef, *_ = np.linalg.lstsq(A / y[:, None], np.ones_like(y), rcond=None)
+    pred = A @ coef
+    return coef, pred, float(np.max(np.abs(y - pred) / y))
+
+  (a, b), pred, worst = lsq([np.ones_like(x), x])
+  r2 = 1.0 - float(np.sum((y - pred) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-30))
+  overhead = max(float(a), 0.0)
+  flops_per_s = float(1.0 / b) if b > 0 else float('inf')  # no slope: time did not grow
+  backend = jax.default_backend()
+  rate = f'{flops_per_s:.1e}' if math.isfinite(flops_per_s) else "float('inf')"
+  out = {'step_overhead_s': float(a), 'flops_per_s': flops_per_s, 'r2': r2,
+         'negative_overhead': bool(a < 0), 'max_rel_residual': worst,
+         'constants': {'step_overhead_s': float(f'{overhead:.2e}'),
+                       'flops_per_s': float(f'{flops_per_s:.2e}')},
+         'paste': f"'{backend}': dict(step_overhead_s={overhead:.1e}, "
+                  f"flops_per_s={rate}),",
+         'with_member_overhead': None}
+  if len(points) >= 3 and np.linalg.matrix_rank(np.stack([np.ones_like(x), n, x], 1)) == 3:
+    (a3, m3, b3), _, worst3 = lsq([np.ones_like(x), n, x])
+    out['with_member_overhead'] = {
+        'step_overhead_s': float(a3), 'member_step_s': float(m3),
+        'flops_per_s': float(1.0 / b3) if b3 > 0 else float('inf'),
+        'max_rel_residual': worst3}
+  return out

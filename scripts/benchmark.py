@@ -1,12 +1,23 @@
-"""Times our recurrent layers against Flax's and PyTorch's, and populations against one-by-one runs.
+"""Times our recurrent layers against Flax's and PyTorch's, populations against one-by-one
+runs, and populations of mixed structure as one program against one program per structure.
 
-  python scripts/benchmark.py --workdir=runs/bench                 # everything, ~10 min on 2 cores
+  python scripts/benchmark.py --workdir=runs/bench                 # layers, ~10 min on 2 cores
   python scripts/benchmark.py --workdir=runs/b --cells=lstm --modes=train --population_members=8
+  python scripts/benchmark.py --workdir=runs/p --benchmark=calibrate,programs
+
+``--benchmark`` picks what runs: ``layers`` (the default: the matmul, the recurrent
+layers and the vmapped populations), ``programs`` (a population of LSTM variants x
+hidden sizes x seeds trained as one program, as one program per structure and as the
+cost model groups it; member-steps per second, compile times, a check that every
+member's losses agree) and ``calibrate`` (fits `research.structure.COST` for this
+backend and prints the line to paste; with ``programs`` in the same run, the cost
+model's grouping under the fitted constants is timed as well).
 
 Writes W/results.json (the shared schema; headline rows: metric ``ratio_to_torch``
-for the LSTM and GRU training steps, ``population_speedup`` for K = 8) and
-W/report.md. PyTorch is timed when it is importable (``pip install -e '.[torch]'``).
-See research/benchmark.py for what is timed and how.
+for the LSTM and GRU training steps, ``population_speedup`` for K = 8,
+``mixed_vs_separate`` for the programs) and W/report.md. PyTorch is timed when it is
+importable (``pip install -e '.[torch]'``). See research/benchmark.py for what is timed
+and how.
 """
 import os
 import sys
@@ -31,6 +42,8 @@ from absl import app, flags, logging  # noqa: E402
 from research import benchmark as bm  # noqa: E402
 from research import cli, results  # noqa: E402
 from research.models.cells import LSTM_VARIANTS  # noqa: E402
+
+BENCHMARKS = ('layers', 'programs', 'calibrate')
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (results.json, report.md).')
 _CELLS = flags.DEFINE_list('cells', ['lstm', 'gru'], f'Cells to time: {", ".join(bm.CELLS)}.')
@@ -63,6 +76,48 @@ _POP_SHAPES = flags.DEFINE_list('population_shapes', ['small:32x50x8x32', 'mediu
                                 'name:BxTxDxH of the population models.')
 _POP_ROUNDS = flags.DEFINE_integer('population_rounds', 10, 'Interleaved rounds per K.',
                                    lower_bound=1)
+_BENCHMARK = flags.DEFINE_list('benchmark', ['layers'],
+                               f'What to run: {", ".join(BENCHMARKS)} (see the module docstring).')
+_PROG_DATA = flags.DEFINE_enum('programs_data', 'copy', list(bm.PROGRAM_DATA),
+                               'programs/calibrate task: copy (synthetic copy memory, 10 inputs) '
+                               'or music (JSB Chorales, 88 inputs; needs --programs_music_path).')
+_PROG_MUSIC = flags.DEFINE_string('programs_music_path', '../shared/data/JSB_Chorales.mat',
+                                  'The JSB Chorales .mat file for --programs_data=music.')
+_PROG_VARIANTS = flags.DEFINE_list('programs_variants', list(bm.PROGRAM_VARIANTS),
+                                   'LSTM variants of the mixed population.')
+_PROG_HIDDEN = flags.DEFINE_list('programs_hidden', ['16', '32'],
+                                 'Hidden sizes of the mixed population (x every variant).')
+_PROG_SEEDS = flags.DEFINE_integer('programs_seeds', 2, 'Seeds per (variant, hidden) kind.',
+                                   lower_bound=1)
+_PROG_BATCH = flags.DEFINE_integer('programs_batch', 8, 'programs/calibrate batch size.',
+                                   lower_bound=1)
+_PROG_LENGTH = flags.DEFINE_integer('programs_length', 100,
+                                    'programs/calibrate sequence length (copy: >= 21).',
+                                    lower_bound=21)
+_PROG_STEPS = flags.DEFINE_integer('programs_steps', 10,
+                                   'Training steps per epoch (copy; music: its training split).',
+                                   lower_bound=1)
+_PROG_ROUNDS = flags.DEFINE_integer('programs_rounds', 5,
+                                    'Interleaved rounds (one epoch of every candidate each) for '
+                                    'programs and calibrate.', lower_bound=1)
+_PROG_WARMUP = flags.DEFINE_integer('programs_warmup', 0,
+                                    'Untimed epochs of a candidate right before each timed one.',
+                                    lower_bound=0)
+_PROG_RTOL = flags.DEFINE_float('programs_rtol', 1e-4,
+                                'Relative tolerance of the per-member loss check.', lower_bound=0)
+_PROG_FITTED = flags.DEFINE_list(
+    'programs_fitted_cost', [], 'step_overhead_s,flops_per_s from an earlier calibration: '
+    'programs also times the cost model\'s grouping under them (a calibration in the same run '
+    'wins).')
+_PROG_CANDIDATES = flags.DEFINE_list(
+    'programs_candidates', list(bm.PROGRAM_CANDIDATES),
+    'Candidates besides separate (one program per kind): mixed (one program), cost (the cost '
+    'model\'s grouping under research.structure.COST), fitted (its grouping under the '
+    'calibrated or --programs_fitted_cost constants).')
+_CAL_HIDDEN = flags.DEFINE_list('calibrate_hidden', ['16', '32', '64'],
+                                'Widths of the calibration.')
+_CAL_MEMBERS = flags.DEFINE_list('calibrate_members', ['1', '2', '4', '8', '16'],
+                                 'Member counts K of the calibration (per width).')
 flags.DEFINE_integer('cpu_devices', 0, 'CPU devices (0: one per core). Read before JAX starts.',
                      lower_bound=0)
 flags.DEFINE_bool('passive_omp', True, 'OMP_WAIT_POLICY=PASSIVE for PyTorch (read before start).')
@@ -87,10 +142,43 @@ _validator('references', lambda v: bm.check_choices('reference', v, bm.REFERENCE
 _validator('torch_threads', lambda v: bm.parse_counts('--torch_threads', v))
 _validator('population_members', lambda v: bm.parse_counts('--population_members', v))
 _validator('population_shapes', lambda v: [bm.parse_shape(s) for s in v])
+
+
+def _check_benchmarks(values):
+  if not values:
+    raise ValueError(f'--benchmark needs at least one of {", ".join(BENCHMARKS)}')
+  bm.check_choices('benchmark', values, BENCHMARKS)
+
+
+def fitted_cost(values):
+  """``[step_overhead_s, flops_per_s]`` strings -> the COST dict (None if empty)."""
+  if not values:
+    return None
+  try:
+    overhead, rate = (float(v) for v in values)
+  except ValueError:
+    overhead = rate = -1.0
+  if overhead < 0 or not rate > 0:
+    raise ValueError(f'--programs_fitted_cost={",".join(values)} is not '
+                     'step_overhead_s,flops_per_s (>= 0 and > 0), e.g. 2e-4,4e9')
+  return {'step_overhead_s': overhead, 'flops_per_s': rate}
+
+
+_validator('benchmark', _check_benchmarks)
+_validator('programs_variants', lambda v: bm.check_choices('LSTM variant', v, LSTM_VARIANTS))
+_validator('programs_hidden', lambda v: bm.parse_counts('--programs_hidden', v))
+_validator('programs_fitted_cost', lambda v: fitted_cost(v))
+_validator('programs_candidates',
+           lambda v: bm.check_choices('programs candidate', v, bm.PROGRAM_CANDIDATES))
+_validator('calibrate_hidden', lambda v: bm.parse_counts('--calibrate_hidden', v))
+_validator('calibrate_members', lambda v: bm.parse_counts('--calibrate_members', v))
 _OWN = {'workdir', 'cells', 'lstm_variants', 'modes', 'references', 'torch_threads', 'batch',
         'length', 'input', 'hidden', 'classes', 'rounds', 'warmup_calls', 'max_seconds',
         'matmul', 'population_members', 'population_shapes', 'population_rounds', 'cpu_devices',
-        'passive_omp'}
+        'passive_omp', 'benchmark', 'programs_data', 'programs_music_path', 'programs_variants',
+        'programs_hidden', 'programs_seeds', 'programs_batch', 'programs_length',
+        'programs_steps', 'programs_rounds', 'programs_warmup', 'programs_rtol',
+        'programs_fitted_cost', 'programs_candidates', 'calibrate_hidden', 'calibrate_members'}
 
 
 def main(argv):
@@ -107,13 +195,58 @@ def main(argv):
   shape = bm.Shape(_BATCH.value, _LENGTH.value, _INPUT.value, _HIDDEN.value, _CLASSES.value)
   threads = [int(t) for t in _TORCH_THREADS.value]
   refs = list(_REFS.value)
-  if 'torch' in refs and not bm.torch_available():
+  if 'layers' in _BENCHMARK.value and 'torch' in refs and not bm.torch_available():
     logging.warning('PyTorch is not importable: no torch references (pip install -e ".[torch]")')
 
-  out = {'matmul': None, 'recurrent': [], 'population': []}
+  out = {'matmul': None, 'recurrent': [], 'population': [], 'programs': None,
+         'calibration': None}
+  which = set(_BENCHMARK.value)
   if _MATMUL.value:
     out['matmul'] = bm.matmul_case(_MATMUL.value, min(_ROUNDS.value, 10))
     logging.info('matmul %d: %.1f GFLOP/s', _MATMUL.value, out['matmul']['gflops'])
+  if which & {'programs', 'calibrate'}:
+    run_programs(out, which)
+  if 'layers' in which:
+    run_layers(out, shape, threads, refs)
+  env['load_avg_end'] = list(os.getloadavg())
+  rows = summary_rows(out, threads[0] if threads else None)
+  results.write(workdir / 'results.json', 'benchmark', rows, environment=env,
+                flags={k: v for k, v in flags.FLAGS.flag_values_dict().items() if k in _OWN},
+                **out)
+  report = markdown(out, env, rows)
+  (workdir / 'report.md').write_text(report)
+  print(report)
+
+
+def run_programs(out, which):
+  """The calibrate and programs cases (calibration first: programs then also times
+  the cost model's grouping under the fitted constants)."""
+  shape = bm.ProgramShape(_PROG_BATCH.value, _PROG_LENGTH.value, _PROG_STEPS.value,
+                          _PROG_DATA.value, _PROG_MUSIC.value)
+  fitted = fitted_cost(_PROG_FITTED.value)
+  if 'calibrate' in which:
+    cal = bm.calibrate_case(shape, [int(h) for h in _CAL_HIDDEN.value],
+                            [int(k) for k in _CAL_MEMBERS.value], _PROG_ROUNDS.value,
+                            _MAX_SECONDS.value, _PROG_WARMUP.value)
+    out['calibration'] = cal
+    fitted = cal['constants']
+    logging.info('calibration (R^2 %.3f): %s', cal['r2'], cal['paste'])
+  if 'programs' in which:
+    kinds = bm.product_kinds(_PROG_VARIANTS.value, [int(h) for h in _PROG_HIDDEN.value])
+    case = bm.programs_case(shape, kinds, _PROG_SEEDS.value, _PROG_ROUNDS.value,
+                            _MAX_SECONDS.value, _PROG_WARMUP.value, fitted, _PROG_RTOL.value,
+                            tuple(_PROG_CANDIDATES.value))
+    out['programs'] = case
+    for name, r in case['candidates'].items():
+      logging.info('programs %s: %d program(s), %.1f ms/epoch, %.0f member-steps/s, %.2fx '
+                   'separate, compile %.1f s, loss max rel diff %.1e (first epoch), %.1e '
+                   '(last)', name, r['programs'], r['median_ms'], r['member_steps_per_s'],
+                   r['speed_vs_separate'], r['compile_s'], r['loss_max_rel_diff'],
+                   r['loss_last_max_rel_diff'])
+
+
+def run_layers(out, shape, threads, refs):
+  """The recurrent-layer and population cases."""
   jobs = [(c, None) for c in _CELLS.value]
   if 'lstm' in _CELLS.value:
     jobs += [('lstm', v) for v in _VARIANTS.value if v not in ('standard', 'NP')]
@@ -133,14 +266,6 @@ def main(argv):
     for r in rows:
       logging.info('population %s K=%d %s: %.1f ms, speedup %.2f', name, r['members'], r['how'],
                    r['median_ms'], r['speedup'])
-  env['load_avg_end'] = list(os.getloadavg())
-  rows = summary_rows(out, threads[0] if threads else None)
-  results.write(workdir / 'results.json', 'benchmark', rows, environment=env,
-                flags={k: v for k, v in flags.FLAGS.flag_values_dict().items() if k in _OWN},
-                **out)
-  report = markdown(out, env, rows)
-  (workdir / 'report.md').write_text(report)
-  print(report)
 
 
 def summary_rows(out, headline_threads):
@@ -172,6 +297,26 @@ def summary_rows(out, headline_threads):
     rows.append(_row(f'{r["case"]} K={r["members"]} ({r["how"]} vs one-by-one)',
                      'population_speedup', r['speedup'], r['rounds'],
                      src + ('; target >= 3 at K=8 (issue 6)' if r['members'] == 8 else '')))
+  p = out['programs']
+  if p:
+    src = ('scripts/benchmark.py --benchmark=programs (median epoch time of interleaved '
+           f'rounds; {p["members"]} members, {p["kinds"]} kinds x {p["seeds"]} seeds)')
+    for name, r in p['candidates'].items():
+      rows.append(_row(f'programs: {name}', 'member_steps_per_s', r['member_steps_per_s'],
+                       r['rounds'], src))
+      rows.append(_row(f'programs: {name}', 'compile_s', r['compile_s'], 1, src))
+      rows.append(_row(f'programs: {name} (first-epoch loss vs separate)',
+                       'loss_max_rel_diff', r['loss_max_rel_diff'], p['members'], src))
+      rows.append(_row(f'programs: {name} (last-epoch loss vs separate)',
+                       'loss_max_rel_diff', r['loss_last_max_rel_diff'], p['members'], src))
+      if name != 'separate':
+        rows.append(_row(f'programs: {name} vs separate', 'mixed_vs_separate',
+                         r['speed_vs_separate'], r['rounds'], src))
+  c = out['calibration']
+  if c:
+    src = 'scripts/benchmark.py --benchmark=calibrate (least squares over the programs)'
+    for k in ('step_overhead_s', 'flops_per_s'):
+      rows.append(_row(f'calibrate {c["backend"]}', k, c[k], len(c['points']), src))
   return rows
 
 
@@ -223,10 +368,83 @@ def markdown(out, env, rows) -> str:
                    f'{r["member_steps_per_s"]:.0f} | {r["speedup"]:.2f} | '
                    f'{r["compile_s"]:.2f} |')
     lines.append('')
-  head = [r for r in rows if r['metric'] in ('ratio_to_torch', 'population_speedup')]
+  if out['calibration']:
+    lines += calibration_markdown(out['calibration'])
+  if out['programs']:
+    lines += programs_markdown(out['programs'])
+  head = [r for r in rows if r['metric'] in ('ratio_to_torch', 'population_speedup',
+                                             'mixed_vs_separate')]
   if head:
     lines += ['Headline rows (results.json):', '', results.markdown_table(head), '']
   return '\n'.join(lines)
+
+
+
+def programs_markdown(p) -> list[str]:
+  s = p['shape']
+  data = (f'copy task (batch {s["batch"]}, length {s["length"]}, {p["steps_per_epoch"]} steps '
+          'per epoch)' if s['data'] == 'copy' else
+          f'JSB Chorales (batch {s["batch"]}, {p["steps_per_epoch"]} steps per epoch)')
+  lines = [f'Programs: {p["members"]} members ({p["kinds"]} kinds: '
+           f'{" x ".join(p["kind_keys"])} = {", ".join(p["kind_names"])}; x {p["seeds"]} seeds) '
+           f'on the {data}, {p["devices"]} device(s); median of {p["rounds"]} interleaved '
+           'epochs per candidate (every member one epoch; first epoch after compilation '
+           'untimed); speed = separate\'s time / this time; predicted: the cost model '
+           f'(COST {p["cost"]}'
+           + (f'; fitted {p["fitted_cost"]}' if p['fitted_cost'] else '') + ').', '',
+           '| candidate | programs | ms / epoch | member-steps/s | speed vs separate | '
+           'compile s | setup s | predicted ms | loss diff, first epoch | last epoch |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  for name, r in p['candidates'].items():
+    pred = f'{r["predicted_ms"]:.0f}'
+    if 'predicted_fitted_ms' in r:
+      pred += f' (fitted {r["predicted_fitted_ms"]:.0f})'
+    same = f' (= {r["same_as"]})' if 'same_as' in r else ''
+    lines.append(f'| {name}{same} | {r["programs"]} | {r["median_ms"]:.1f} | '
+                 f'{r["member_steps_per_s"]:.0f} | {r["speed_vs_separate"]:.2f} | '
+                 f'{r["compile_s"]:.1f} | {r["setup_s"]:.1f} | {pred} | '
+                 f'{r["loss_max_rel_diff"]:.1e} | {r["loss_last_max_rel_diff"]:.1e} |')
+  lines.append('')
+  for name, r in p['candidates'].items():
+    if 'same_as' not in r and name != 'separate' and r['programs'] > 1:
+      lines.append(f'{name} groups: ' + '; '.join('[' + ' '.join(g) + ']' for g in r['groups']))
+  worst = {n: r['loss_last_worst_member'] for n, r in p['candidates'].items()
+           if n != 'separate' and 'same_as' not in r}
+  lines += ['', 'Loss diff: the largest relative difference of a member\'s training loss from '
+            'its loss in the separate programs, over every step of the first epoch (after '
+            'compilation) and of the last epoch\'s mean (rounding differences grow with '
+            'training; largest last-epoch difference: '
+            + ', '.join(f'{n}: member {w}' for n, w in worst.items()) + '). '
+            f'First epoch equal within rtol {p["rtol"]:g}: '
+            f'{"yes" if p["losses_match"] else "NO"}.', '']
+  return lines
+
+
+def calibration_markdown(c) -> list[str]:
+  lines = [f'Cost-model calibration ({c["backend"]}, {c["devices"]} device(s)): seconds per '
+           'step = step_overhead_s + members per device x flops / flops_per_s, least '
+           f'squares of the relative residuals over {len(c["points"])} programs '
+           f'(R^2 {c["r2"]:.3f}, largest relative residual {c["max_rel_residual"]:.2f}).', '',
+           '| program | devices | members / device | MFLOP / member-step | ms / step | fitted '
+           'ms / step | compile s |', '|---|---|---|---|---|---|---|']
+  for pt in c['points']:
+    lines.append(f'| {pt["program"]} | {pt["devices"]} | {pt["members_per_device"]:g} | '
+                 f'{pt["flops"] / 1e6:.1f} | {1e3 * pt["step_s"]:.2f} | '
+                 f'{1e3 * pt["fitted_step_s"]:.2f} | {pt["compile_s"]:.1f} |')
+  if c.get('per_width'):
+    lines += ['', 'Per width alone: ' + '; '.join(
+        f'hidden {h}: step_overhead_s {f["step_overhead_s"]:.3g}, flops_per_s '
+        f'{f["flops_per_s"]:.3g} (R^2 {f["r2"]:.3f})' for h, f in c['per_width'].items()) + '.']
+  m = c.get('with_member_overhead')
+  if m:
+    lines += ['', 'With a fixed cost per member-step as a third term (not in the cost model): '
+              f'step_overhead_s {m["step_overhead_s"]:.3g}, member_step_s '
+              f'{m["member_step_s"]:.3g}, flops_per_s {m["flops_per_s"]:.3g} (largest relative '
+              f'residual {m["max_rel_residual"]:.2f}).']
+  lines += ['', f'Fitted: step_overhead_s = {c["step_overhead_s"]:.3g}, flops_per_s = '
+            f'{c["flops_per_s"]:.3g}. For `research.structure.COST`:', '', '```python',
+            c['paste'], '```', '']
+  return lines
 
 
 if __name__ == '__main__':

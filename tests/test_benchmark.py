@@ -65,3 +65,61 @@ def test_benchmark_script_writes_results(tmp_path):
         'lstm', 'gru'}
   assert out['environment']['load_avg'] and (tmp_path / 'report.md').exists()
   json.dumps(out)
+
+
+PROGRAM_TINY = bm.ProgramShape(batch=2, length=21, steps=2)
+PROGRAM_KINDS = [{bm.VARIANT_KEY: 'vanilla', bm.HIDDEN_KEY: 4},
+                 {bm.VARIANT_KEY: 'NIG', bm.HIDDEN_KEY: 8}]
+
+
+def test_programs_case_mixed_equals_separate():
+  # Two kinds (variant and width both differ): one mixed program, one program per kind.
+  case = bm.programs_case(PROGRAM_TINY, PROGRAM_KINDS, seeds=1, rounds=2,
+                          fitted={'step_overhead_s': 1.0, 'flops_per_s': 1e9})
+  c = case['candidates']
+  assert set(c) == {'separate', 'mixed', 'cost model', 'cost model (fitted)'}
+  assert case['members'] == 2 and case['kinds'] == 2 and case['steps_per_epoch'] == 2
+  assert c['separate']['programs'] == 2 and c['mixed']['programs'] == 1
+  assert c['separate']['groups'] == [['vanilla,4'], ['NIG,8']]
+  # A huge fixed cost per step: the cost model merges everything, as `mixed` did.
+  assert c['cost model (fitted)']['same_as'] == 'mixed'
+  for r in c.values():
+    assert r['median_ms'] > 0 and r['member_steps_per_s'] > 0 and r['compile_s'] > 0
+    assert r['rounds'] == 2 and r['predicted_ms'] > 0
+    assert r['losses_match'] and r['loss_max_rel_diff'] <= case['rtol']
+    assert r['loss_last_max_rel_diff'] >= 0 and r['loss_last_worst_member'] in ('0,vanilla,4',
+                                                                               '0,NIG,8')
+  assert c['separate']['speed_vs_separate'] == pytest.approx(1.0)
+  assert c['separate']['loss_max_abs_diff'] == 0.0
+  assert case['losses_match']
+  assert [p['members'] for p in c['separate']['program_rows']] == [1, 1]
+
+
+def test_fit_cost_recovers_the_constants():
+  points = [{'members_per_device': k, 'flops': f, 'step_s': 3e-4 + k * f / 2e9}
+            for k in (1, 2, 4) for f in (1e6, 4e6)]
+  fit = bm.fit_cost(points)
+  assert fit['step_overhead_s'] == pytest.approx(3e-4)
+  assert fit['flops_per_s'] == pytest.approx(2e9)
+  assert fit['r2'] == pytest.approx(1.0) and not fit['negative_overhead']
+  assert fit['paste'] == "'cpu': dict(step_overhead_s=3.0e-04, flops_per_s=2.0e+09),"
+  m = fit['with_member_overhead']
+  assert m['member_step_s'] == pytest.approx(0.0, abs=1e-9)
+  assert m['flops_per_s'] == pytest.approx(2e9) and m['max_rel_residual'] < 1e-6
+  with pytest.raises(ValueError, match='at least two'):
+    bm.fit_cost(points[:1])
+
+
+@pytest.mark.slow
+def test_benchmark_script_programs_and_calibrate(tmp_path):
+  run_script('benchmark.py', f'--workdir={tmp_path}', '--benchmark=calibrate,programs',
+             '--matmul=0', '--programs_variants=vanilla,NIG', '--programs_hidden=4',
+             '--programs_seeds=2', '--programs_batch=2', '--programs_length=21',
+             '--programs_steps=2', '--programs_rounds=2', '--calibrate_hidden=4',
+             '--calibrate_members=1,4', timeout=900).check_returncode()
+  out = results.read(tmp_path / 'results.json')
+  metrics = {r['metric'] for r in out['rows']}
+  assert {'member_steps_per_s', 'mixed_vs_separate', 'step_overhead_s', 'flops_per_s'} <= metrics
+  assert out['programs']['losses_match'] and out['calibration']['paste'].startswith("'cpu'")
+  assert 'cost model (fitted)' in out['programs']['candidates']
+  assert 'For `research.structure.COST`' in (tmp_path / 'report.md').read_text()
