@@ -405,14 +405,17 @@ def _gates(variant: str | None) -> list[str]:
 
 # ---------------------------------------------------------------------------- cost
 
-# Per backend: seconds of fixed cost per program step (dispatch, loop control,
+# Per backend: the fixed seconds of a program (``program_s``: compilation, set-up,
+# evaluations), of each of its steps (``step_overhead_s``: dispatch, loop control,
 # small kernels; independent of the member count) and the throughput a member's
-# work runs at (FLOP/s per device). Measured by scripts/benchmark.py
-# --benchmark=programs (docs/studies/benchmarks.md); 'default' for backends not
-# measured.
+# work runs at (``flops_per_s``, per device, in `member_flops` units). CPU: fitted
+# by scripts/benchmark.py --benchmark=calibrate on 2 shared cores (step overhead,
+# throughput) and --benchmark=programs on JSB Chorales (compile and set-up of 16
+# separate programs: 107 s, ~6.7 s each); docs/studies/benchmarks.md. 'default'
+# (GPU, TPU) is not measured yet: it assumes cheap steps and fast devices.
 COST = {
-    'cpu': dict(step_overhead_s=2.0e-4, flops_per_s=4.0e9),
-    'default': dict(step_overhead_s=5.0e-5, flops_per_s=1.0e12),
+    'cpu': dict(program_s=6.7, step_overhead_s=9.8e-4, flops_per_s=2.0e10),
+    'default': dict(program_s=10.0, step_overhead_s=5.0e-5, flops_per_s=1.0e12),
 }
 
 
@@ -422,27 +425,40 @@ def member_flops(num_params: int, tokens: int) -> float:
   return 6.0 * float(num_params) * float(tokens)
 
 
-def program_cost(flops: Sequence[float], devices: int = 1, backend: str | None = None) -> float:
-  """Seconds per step of one program holding members of padded cost ``flops``
-  (each member padded to the largest)."""
+def program_cost(flops: Sequence[float], devices: int = 1, backend: str | None = None,
+                 steps: int | None = None) -> float:
+  """Estimated seconds of one program holding members of padded cost ``flops`` (each
+  member padded to the largest): ``program_s`` (compilation, set-up, evaluations)
+  plus ``steps`` x (``step_overhead_s`` + the members per device x the largest
+  member's FLOPs / ``flops_per_s``). ``steps=None``: per step, without ``program_s``."""
   c = COST.get(backend or jax.default_backend(), COST['default'])
   if not flops:
     return 0.0
-  per_device = math.ceil(len(flops) / max(devices, 1))
-  return c['step_overhead_s'] + per_device * max(flops) / c['flops_per_s']
+  # train.member_sharding shards over the largest device count that divides K
+  k = len(flops)
+  per_device = k // max(d for d in range(1, max(devices, 1) + 1) if k % d == 0)
+  per_step = c['step_overhead_s'] + per_device * max(flops) / c['flops_per_s']
+  return per_step if steps is None else c.get('program_s', 0.0) + steps * per_step
+
+
+def program_steps(config: ml_collections.ConfigDict, dataset) -> int:
+  """Training steps a run of ``config`` takes at most (epochs x batches per epoch)."""
+  return int(config.train.epochs) * max(1, len(dataset.train['x']) // int(config.train.batch_size))
 
 
 def program_groups(kinds: Sequence[Any], counts: Sequence[int], padded_flops,
                    devices: int = 1, backend: str | None = None,
-                   max_members: int = 0) -> list[list[int]]:
+                   max_members: int = 0, steps: int | None = None) -> list[list[int]]:
   """Partitions member kinds into programs by the cost model.
 
   ``kinds``: distinct member structures; ``counts``: members of each;
   ``padded_flops(list of kind indices) -> float``: a member-step's FLOPs in
   the program that holds those kinds (its widest, mixed shape). Starts from
   one program per kind and merges the pair that saves the most estimated
-  time until no merge saves any (``max_members > 0`` caps a program's size).
-  Returns lists of kind indices."""
+  time (`program_cost`; ``steps``: the training steps of each program, which
+  weigh the per-step costs against the per-program one) until no merge saves
+  any (``max_members > 0`` caps a program's size). Returns lists of kind
+  indices."""
   groups = [[i] for i in range(len(kinds))]
   cache: dict[tuple, float] = {}
 
@@ -454,7 +470,7 @@ def program_groups(kinds: Sequence[Any], counts: Sequence[int], padded_flops,
 
   def cost(g):
     n = sum(counts[i] for i in g)
-    return program_cost([flops(g)] * n, devices, backend)
+    return program_cost([flops(g)] * n, devices, backend, steps)
 
   while len(groups) > 1:
     best, pair = 0.0, None

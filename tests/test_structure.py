@@ -204,8 +204,14 @@ def test_program_groups_merge_when_overhead_dominates():
   # than a program's overhead saves.
   costly = lambda ks: 1e12 if 2 in ks else 1e3
   assert structure.program_groups(kinds, [4, 4, 4], costly, backend='cpu') == [[0, 1], [2]]
-  assert structure.program_groups(kinds, [4, 4, 4], cheap, backend='cpu',
-                                  max_members=8) in ([[0, 1], [2]], [[0, 2], [1]], [[1, 2], [0]])
+  capped = structure.program_groups(kinds, [4, 4, 4], cheap, backend='cpu', max_members=8)
+  assert sorted(map(len, capped)) == [1, 2]
+  # A program's fixed cost (compilation) counts once per program: over few steps it
+  # outweighs padding that would not pay per step.
+  wide = lambda ks: 1e8 * (1 + 9 * (2 in ks))  # kind 2 is 10x as costly per step
+  assert len(structure.program_groups(kinds, [4, 4, 4], wide, backend='cpu', steps=10)) == 1
+  assert len(structure.program_groups(kinds, [4, 4, 4], wide, backend='cpu',
+                                      steps=100000)) == 2
 
 
 def test_structural_values_every_member_shares_are_the_runs_config(tmp_path):

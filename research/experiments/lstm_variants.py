@@ -109,7 +109,8 @@ def plan_programs(b: dict, data_path: str | None = None) -> list[list[tuple[str,
   flops = lambda g: structure.padded_flops(
       config, [dict(zip(MEMBER_KEYS, kinds[i])) for i in g], dataset, keys=MEMBER_KEYS)
   groups = structure.program_groups(kinds, [b['trials']] * len(kinds), flops,
-                                    devices=len(jax.devices()))
+                                    devices=len(jax.devices()),
+                                    steps=structure.program_steps(config, dataset))
   return [[kinds[i] for i in g] for g in groups]
 
 

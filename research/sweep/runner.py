@@ -422,8 +422,11 @@ def plan_programs(config: ml_collections.ConfigDict, batch: list[Mapping[str, An
     if len(kinds) > 1:
       flops = _flops_fn(gconfig, kinds, [[batch[i] for i in t] for t in of_kind], keys,
                         dataset_fn)
+      # Training steps weigh each program's fixed cost against its per-step costs.
+      steps = (structure_lib.program_steps(gconfig, dataset_fn(gconfig.data))
+               if dataset_fn is not None else None)
       parts = structure_lib.program_groups(kinds, [len(t) for t in of_kind], flops,
-                                           devices=devices or len(jax.devices()))
+                                           devices=devices or len(jax.devices()), steps=steps)
     for part in parts:
       part = sorted(part)
       trials = sorted(i for j in part for i in of_kind[j])
