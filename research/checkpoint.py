@@ -137,8 +137,12 @@ class Checkpointer:
 
 
 class _DropOrbaxErrors(logging.Filter):
+  """Drops records logged by Orbax, and asyncio's reports of Orbax tasks whose
+  exception nobody retrieved (a write task garbage-collected during the save)."""
   def filter(self, record: logging.LogRecord) -> bool:
-    return '/orbax/' not in record.pathname.replace('\\', '/')
+    if '/orbax/' in record.pathname.replace('\\', '/'):
+      return False
+    return not (record.name == 'asyncio' and 'orbax' in record.getMessage())
 
 
 def _echo_of_failed_write(exc_type, exc_value) -> bool:
