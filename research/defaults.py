@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
       # the program continues with the live ones only (stopped members cost no compute;
       # research/train.py `_Members`); 0 = never
       compact=0.5,
+      # pruning over the member axis after each evaluation (research/pruning.py):
+      # '' | 'median[:warmup=W]' | 'asha[:eta=E,min=M]'
+      prune='',
       progress=True,
       # seconds without a finished epoch or evaluation before the run dumps every thread's
       # stack to workdir/hang-<time>.txt and exits 75 (research/watchdog.py); 0 = off.

@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 from research import checkpoint as ckpt_lib
-from research import augment, configlib, errors, optim, population, provenance, results
+from research import augment, configlib, errors, optim, population, provenance, pruning, results
 from research import structure as structure_lib
 from research.data import Dataset, load_dataset
 from research.models import build_model
@@ -368,6 +368,11 @@ class _Logger:
           w.file_writer.add_summary(summary)
       self.tb.append(w)
 
+  def records(self) -> list[dict]:
+    """The records kept so far (those of the epochs a resumed run restored)."""
+    self.file.flush()
+    return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+
   def write(self, records: list[dict]) -> None:
     for r in records:
       self.file.write(json.dumps(r) + '\n')
@@ -528,6 +533,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   """Builds task, members, data, model and optimizer and checks that they fit
   together (an abstract init on the data's shapes); writes nothing."""
   task = make_task(config.task)
+  pruning.parse(config.train.get('prune', ''))  # a bad rule fails before anything is written
   members = population.expand(config, task.hparam_keys)
   numeric = set(population.member_keys(task.hparam_keys))
   shared = [k for k in members[0] if k not in numeric
@@ -720,6 +726,10 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   reported = set(np.flatnonzero(np.asarray(state.diverged)).tolist())
   rows = _Members(run)
   state = rows.compact(state, compact)  # a resumed run leaves its stopped members behind
+  pruner = pruning.parse(config.train.get('prune', ''))
+  metric_key = ('train_eval' if select == 'train' else select) + '/' + run.task.select_metric
+  history = (pruning.history_from_records(logger.records(), len(members), metric_key)
+             if pruner else [])
   epoch_metrics, window_t, window_steps = [], time.time(), 0
   done = start_epoch
   try:
@@ -745,6 +755,10 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
                                   jnp.int32(done))
       train_m = _host(jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *epoch_metrics))
       evals = _host(evals)
+      pruned = np.zeros(len(rows.index), bool)
+      if pruner:
+        state, pruned = _prune(pruner, state, rows, history, evals[select][run.task.select_metric],
+                               trainer.maximize, done)
       flags = _host({'step': state.step, 'diverged': state.diverged, 'active': state.active,
                      'diverged_step': state.diverged_step, 'last': state.last_finite_loss,
                      'bad_evals': state.bad_evals})
@@ -753,8 +767,11 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       perf = {'time_s': round(now - t_start, 3),
               'perf/examples_per_s': window_steps * trainer.batch_size * len(rows.index) /
                                      max(now - window_t, 1e-9)}
-      logger.write(_eval_records(done, members, run.varied, train_m, evals, flags, perf,
-                                 rows.index))
+      records = _eval_records(done, members, run.varied, train_m, evals, flags, perf, rows.index)
+      for r, p in zip(records, pruned):
+        if p:
+          r['pruned'] = True
+      logger.write(records)
       progress.evaluated(done, f'{select}/{run.task.select_metric}',
                          evals[select][run.task.select_metric], flags,
                          (now - window_t) / len(epoch_metrics))
@@ -773,6 +790,26 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
     progress.close()
     logger.close()
   return rows.full(state), meta
+
+
+def _prune(pruner, state: MemberState, rows: '_Members', history: list, values, maximize: bool,
+           done: int):
+  """Appends this evaluation's values (every member; NaN for members off the device)
+  to ``history``, asks ``pruner`` which live members to stop and stops them."""
+  full = np.full(rows.K, np.nan)
+  full[rows.index] = np.asarray(values, np.float64)
+  flags = _host({'active': state.active, 'diverged': state.diverged})
+  live_rows = flags['active'] & ~flags['diverged']
+  full[rows.index[~live_rows]] = np.nan  # stopped members compete no more
+  history.append(full)
+  live = np.zeros(rows.K, bool)
+  live[rows.index[live_rows]] = True
+  stop = pruner.decide(np.stack(history), live, maximize)[rows.index]
+  if stop.any():
+    logging.info('Pruned member(s) %s after epoch %d (%s rule)',
+                 rows.index[stop].tolist(), done, pruner.kind)
+    state = state.replace(active=state.active & jnp.asarray(~stop))
+  return state, stop
 
 
 def _save(checkpointer, done: int, state, t_start: float, first_epoch_s) -> dict:

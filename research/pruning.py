@@ -1,0 +1,111 @@
+"""Pruning inside the population: decisions over the member axis at each evaluation.
+
+``train.prune`` names a rule; after every evaluation the training loop asks it
+which live members to stop (they become inactive, like early-stopped members,
+and leave the program at the next compaction, `research.train._Members`).
+The rules see each member's validation selection metric at every evaluation
+so far (`History`); a stopped member keeps its best parameters and results.
+
+* ``median[:warmup=W]``: the median stopping rule as Optuna's ``MedianPruner``
+  states it, with the other members in place of completed trials: at an
+  evaluation ``e >= W`` (counted from 0), stop a member whose best value so far
+  is worse than the median of the other members' values at ``e`` (members
+  stopped earlier have no value there and do not count).
+* ``asha[:eta=3,min=1]``: successive halving (Jamieson & Talwalkar 2016; the
+  promotion rule of Li et al. 2020's ASHA as Optuna implements it). Rungs are
+  at evaluations ``min * eta**k - 1`` (0-based); at a rung a live member goes on
+  only if its value is among the best ``max(1, n // eta)`` of the ``n``
+  members that reached the rung (ties kept). All members reach a rung
+  together, so this is the synchronous algorithm.
+
+Directions follow the task (``select_mode``); a non-finite value is worst.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+KINDS = ('median', 'asha')
+
+
+@dataclasses.dataclass
+class Pruner:
+  kind: str
+  warmup: int = 1
+  eta: int = 3
+  min: int = 1
+
+  def rungs(self, upto: int) -> list[int]:
+    out, k = [], 0
+    while self.min * self.eta ** k - 1 <= upto:
+      out.append(self.min * self.eta ** k - 1)
+      k += 1
+    return out
+
+  def decide(self, values: np.ndarray, live: np.ndarray, maximize: bool) -> np.ndarray:
+    """``values`` (evaluations so far, K): each member's metric at each evaluation, NaN
+    where it was not evaluated (stopped); ``live`` (K,). Returns the members to stop."""
+    e = values.shape[0] - 1
+    sign = -1.0 if maximize else 1.0
+    v = sign * np.where(np.isfinite(values), values, np.inf)  # lower is better; NaN -> worst
+    v = np.where(np.isnan(values), np.nan, v)
+    stop = np.zeros(live.shape, bool)
+    if self.kind == 'median':
+      if e < self.warmup:
+        return stop
+      now = v[e]
+      for i in np.flatnonzero(live):
+        others = np.delete(now, i)
+        others = others[~np.isnan(others)]
+        if others.size:
+          best = np.nanmin(v[:e + 1, i])
+          stop[i] = best > np.median(others)
+      return stop
+    if e not in self.rungs(e):
+      return stop
+    at = v[e]
+    reached = np.flatnonzero(~np.isnan(at))
+    keep_n = max(1, len(reached) // self.eta)
+    cut = np.sort(at[reached])[keep_n - 1]
+    return live & ~np.isnan(at) & (at > cut)
+
+
+def parse(spec: str) -> Pruner | None:
+  """'' -> None; 'median', 'median:warmup=2', 'asha', 'asha:eta=2,min=2' -> a Pruner.
+  Anything else is a ValueError naming what is allowed."""
+  spec = (spec or '').strip()
+  if not spec:
+    return None
+  kind, _, args = spec.partition(':')
+  if kind not in KINDS:
+    raise ValueError(f'train.prune={spec!r}: unknown pruner {kind!r}; allowed: '
+                     "'' (none), 'median[:warmup=W]', 'asha[:eta=E,min=M]'")
+  allowed = {'median': ('warmup',), 'asha': ('eta', 'min')}[kind]
+  values = {}
+  for item in filter(None, args.split(',')):
+    k, sep, v = item.partition('=')
+    if not sep or k not in allowed:
+      raise ValueError(f'train.prune={spec!r}: {kind} takes {", ".join(allowed)} '
+                       f'(e.g. {kind}:{allowed[0]}=2), got {item!r}')
+    try:
+      values[k] = int(v)
+    except ValueError:
+      raise ValueError(f'train.prune={spec!r}: {k} must be an integer, got {v!r}') from None
+  p = Pruner(kind, **values)
+  if p.eta < 2 or p.min < 1 or p.warmup < 0:
+    raise ValueError(f'train.prune={spec!r}: needs eta >= 2, min >= 1, warmup >= 0')
+  return p
+
+
+def history_from_records(records: list[dict], K: int, metric: str) -> list[np.ndarray]:
+  """Rebuilds the per-evaluation values from metrics.jsonl records (a resumed run)."""
+  by_epoch: dict[int, np.ndarray] = {}
+  for r in records:
+    row = by_epoch.setdefault(r['epoch'], np.full(K, np.nan))
+    value = r.get(metric)
+    # A member competes at an evaluation if it was training then (pruned at it included).
+    competes = (r['active'] and not r['diverged']) or r.get('pruned', False)
+    row[r['member']] = math.nan if value is None or not competes else value
+  return [by_epoch[e] for e in sorted(by_epoch)]
