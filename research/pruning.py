@@ -18,6 +18,12 @@ so far (`History`); a stopped member keeps its best parameters and results.
   members that reached the rung (ties kept). All members reach a rung
   together, so this is the synchronous algorithm.
 
+* ``hyperband[:eta=3,min=1,brackets=B]``: Hyperband (Li et al. 2018) as brackets
+  of successive halving: member ``i`` belongs to bracket ``i % B`` (default B:
+  as many as fit in the run's evaluations), whose first rung is at ``min *
+  eta**b`` evaluations, so later brackets let their members train longer
+  before the first cut; each bracket halves among its own members.
+
 Directions follow the task (``select_mode``); a non-finite value is worst.
 """
 from __future__ import annotations
@@ -27,7 +33,7 @@ import math
 
 import numpy as np
 
-KINDS = ('median', 'asha')
+KINDS = ('median', 'asha', 'hyperband')
 
 
 @dataclasses.dataclass
@@ -36,6 +42,7 @@ class Pruner:
   warmup: int = 1
   eta: int = 3
   min: int = 1
+  brackets: int = 0  # hyperband; 0: as many as the evaluations allow
 
   def rungs(self, upto: int) -> list[int]:
     out, k = [], 0
@@ -63,6 +70,13 @@ class Pruner:
           best = np.nanmin(v[:e + 1, i])
           stop[i] = best > np.median(others)
       return stop
+    if self.kind == 'hyperband':
+      n = self.brackets or 1
+      for b in range(n):
+        group = np.arange(live.size) % n == b
+        sub = Pruner('asha', eta=self.eta, min=self.min * self.eta ** b)
+        stop |= group & sub.decide(np.where(group, values, np.nan), live & group, maximize)
+      return stop
     if e not in self.rungs(e):
       return stop
     at = v[e]
@@ -72,8 +86,10 @@ class Pruner:
     return live & ~np.isnan(at) & (at > cut)
 
 
-def parse(spec: str) -> Pruner | None:
-  """'' -> None; 'median', 'median:warmup=2', 'asha', 'asha:eta=2,min=2' -> a Pruner.
+def parse(spec: str, evaluations: int = 0) -> Pruner | None:
+  """'' -> None; 'median', 'median:warmup=2', 'asha', 'asha:eta=2,min=2',
+  'hyperband:eta=3' -> a Pruner. ``evaluations``: the run's number of evaluations
+  (Hyperband's default bracket count: every bracket gets at least its first rung).
   Anything else is a ValueError naming what is allowed."""
   spec = (spec or '').strip()
   if not spec:
@@ -81,8 +97,10 @@ def parse(spec: str) -> Pruner | None:
   kind, _, args = spec.partition(':')
   if kind not in KINDS:
     raise ValueError(f'train.prune={spec!r}: unknown pruner {kind!r}; allowed: '
-                     "'' (none), 'median[:warmup=W]', 'asha[:eta=E,min=M]'")
-  allowed = {'median': ('warmup',), 'asha': ('eta', 'min')}[kind]
+                     "'' (none), 'median[:warmup=W]', 'asha[:eta=E,min=M]', "
+                     "'hyperband[:eta=E,min=M,brackets=B]'")
+  allowed = {'median': ('warmup',), 'asha': ('eta', 'min'),
+             'hyperband': ('eta', 'min', 'brackets')}[kind]
   values = {}
   for item in filter(None, args.split(',')):
     k, sep, v = item.partition('=')
@@ -94,8 +112,12 @@ def parse(spec: str) -> Pruner | None:
     except ValueError:
       raise ValueError(f'train.prune={spec!r}: {k} must be an integer, got {v!r}') from None
   p = Pruner(kind, **values)
-  if p.eta < 2 or p.min < 1 or p.warmup < 0:
-    raise ValueError(f'train.prune={spec!r}: needs eta >= 2, min >= 1, warmup >= 0')
+  if p.eta < 2 or p.min < 1 or p.warmup < 0 or p.brackets < 0:
+    raise ValueError(f'train.prune={spec!r}: needs eta >= 2, min >= 1, warmup >= 0, brackets >= 0')
+  if kind == 'hyperband' and not p.brackets:
+    p.brackets = 1
+    while p.min * p.eta ** p.brackets <= max(evaluations, 1):
+      p.brackets += 1
   return p
 
 

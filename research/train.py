@@ -726,7 +726,8 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   reported = set(np.flatnonzero(np.asarray(state.diverged)).tolist())
   rows = _Members(run)
   state = rows.compact(state, compact)  # a resumed run leaves its stopped members behind
-  pruner = pruning.parse(config.train.get('prune', ''))
+  pruner = pruning.parse(config.train.get('prune', ''), len(range(eval_every, epochs + 1,
+                                                                  eval_every)) + bool(epochs % eval_every))
   metric_key = ('train_eval' if select == 'train' else select) + '/' + run.task.select_metric
   history = (pruning.history_from_records(logger.records(), len(members), metric_key)
              if pruner else [])

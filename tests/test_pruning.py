@@ -73,7 +73,20 @@ def plain(tmp_path_factory):
   return root, out, curves(root / 'plain')[0]
 
 
-@pytest.mark.parametrize('spec', ['median:warmup=1', 'asha:eta=2,min=1'])
+def halving(full, alive, rungs, eta=2):
+  """Synchronous successive halving over ``alive`` members at evaluations ``rungs``
+  (higher is better, ties go on together): member -> evaluation it is stopped at."""
+  out = {}
+  for e in rungs:
+    cut = sorted((full[e, i] for i in alive), reverse=True)[max(1, len(alive) // eta) - 1]
+    keep = [i for i in alive if full[e, i] >= cut]
+    out.update({i: e for i in alive if i not in keep})
+    alive = keep
+  return out
+
+
+@pytest.mark.parametrize('spec', ['median:warmup=1', 'asha:eta=2,min=1',
+                                  'hyperband:eta=2,min=1,brackets=2'])
 def test_pruned_run_follows_the_rule_and_its_members_equal_the_unpruned_run(plain, spec):
   root, _, full = plain
   work = root / spec.replace(':', '_').replace(',', '_').replace('=', '')
@@ -83,13 +96,10 @@ def test_pruned_run_follows_the_rule_and_its_members_equal_the_unpruned_run(plai
   epochs = sorted({r['epoch'] for r in recs})
   if spec.startswith('median'):
     expected = optuna_median(full, warmup=1, direction='maximize')
-  else:  # synchronous successive halving: rungs after evaluations 1, 2, 4, 8 (min 1, eta 2)
-    expected, alive = {}, list(range(K))
-    for e in (0, 1, 3, 7):
-      cut = sorted((full[e, i] for i in alive), reverse=True)[max(1, len(alive) // 2) - 1]
-      keep = [i for i in alive if full[e, i] >= cut]  # accuracy: higher is better; ties go on
-      expected.update({i: e for i in alive if i not in keep})
-      alive = keep
+  elif spec.startswith('asha'):  # rungs after evaluations 1, 2, 4, 8 (min 1, eta 2)
+    expected = halving(full, list(range(K)), (0, 1, 3, 7))
+  else:  # two brackets, members 0, 2, 4 from evaluation 1 and 1, 3, 5 from evaluation 2
+    expected = {**halving(full, [0, 2, 4], (0, 1, 3, 7)), **halving(full, [1, 3, 5], (1, 3, 7))}
   assert expected, 'the rule prunes nobody here; the test needs a population it prunes'
   assert {m: epochs.index(e) for m, e in pruned_at.items()} == expected
   # While a member trains, its numbers are those of the unpruned run.
@@ -120,6 +130,7 @@ def test_resumed_pruned_run_equals_uninterrupted(plain):
     ('asha:eta=1', 'eta >= 2'),
     ('median:eta=2', 'median takes warmup'),
     ('asha:eta=x', 'must be an integer'),
+    ('hyperband:warmup=1', 'hyperband takes eta, min, brackets'),
 ])
 def test_bad_rules_are_one_line_errors(tmp_path, spec, match):
   with pytest.raises(ValueError, match=match):
