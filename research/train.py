@@ -731,6 +731,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   metric_key = ('train_eval' if select == 'train' else select) + '/' + run.task.select_metric
   history = (pruning.history_from_records(logger.records(), len(members), metric_key)
              if pruner else [])
+  pruned_at = {int(k): v for k, v in (meta.get('pruned') or {}).items()}  # member -> epoch
   epoch_metrics, window_t, window_steps = [], time.time(), 0
   done = start_epoch
   try:
@@ -747,7 +748,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       window_steps += trainer.steps_per_epoch
       if done % eval_every and done != epochs:
         if stop.signum is not None:
-          _save(checkpointer, done, rows.full(state), t_start, first_epoch_s)
+          _save(checkpointer, done, rows.full(state), t_start, first_epoch_s, pruned_at)
           _interrupted(stop.signum, done, workdir)
         continue
       evals = {name: trainer.evaluate(state.params, state.model_state, rows.hp, d)
@@ -760,6 +761,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       if pruner:
         state, pruned = _prune(pruner, state, rows, history, evals[select][run.task.select_metric],
                                trainer.maximize, done)
+        pruned_at.update({int(j): done for j in rows.index[pruned]})
       flags = _host({'step': state.step, 'diverged': state.diverged, 'active': state.active,
                      'diverged_step': state.diverged_step, 'last': state.last_finite_loss,
                      'bad_evals': state.bad_evals})
@@ -777,7 +779,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
                          evals[select][run.task.select_metric], flags,
                          (now - window_t) / len(epoch_metrics))
       epoch_metrics, window_t, window_steps = [], now, 0
-      meta = _save(checkpointer, done, rows.full(state), t_start, first_epoch_s)
+      meta = _save(checkpointer, done, rows.full(state), t_start, first_epoch_s, pruned_at)
       dog.beat(epoch=done, step=int(flags['step'].max()))
       _report_divergence(rows.full_flags(flags), members, reported)
       if stop.signum is not None:
@@ -813,8 +815,10 @@ def _prune(pruner, state: MemberState, rows: '_Members', history: list, values, 
   return state, stop
 
 
-def _save(checkpointer, done: int, state, t_start: float, first_epoch_s) -> dict:
-  meta = {'epoch': done, 'train_time_s': time.time() - t_start, 'first_epoch_s': first_epoch_s}
+def _save(checkpointer, done: int, state, t_start: float, first_epoch_s,
+          pruned: dict | None = None) -> dict:
+  meta = {'epoch': done, 'train_time_s': time.time() - t_start, 'first_epoch_s': first_epoch_s,
+          'pruned': {str(k): v for k, v in (pruned or {}).items()}}
   checkpointer.save(done, state, meta)
   return meta
 
@@ -897,6 +901,7 @@ def _final_results(run: Setup, state: MemberState, meta: dict, workdir: Path,
         'steps': int(flags['step'][i]), 'diverged': bool(flags['diverged'][i]),
         'diverged_step': int(flags['diverged_step'][i]) if flags['diverged'][i] else None,
         **({'num_params': run.plan.num_params(i)} if mixed else {}),
+        'pruned_epoch': (meta.get('pruned') or {}).get(str(i)),
         **{f'{s}/{k}': float(v[i]) for s, vals in final.items() for k, v in vals.items()}})
   rows = results.group_rows(run.config.experiment, run.task, run.members, run.varied,
                             member_results)

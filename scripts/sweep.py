@@ -42,6 +42,10 @@ _HEARTBEAT = flags.DEFINE_integer(
     'heartbeat_s', 60, 'With sqlite or a URL storage: seconds between trial heartbeats; a trial '
     'silent for 3x this is retried by another worker (0: off).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampler seed (random draws, TPE/GP).')
+_PRUNER = flags.DEFINE_string(
+    'pruner', '', "Prune inside each program: '' (none), 'median', 'asha[:eta=3]', "
+    "'hyperband' (sets train.prune, research/pruning.py); pruned trials are told to Optuna as "
+    'PRUNED, their best validation value reported at the epoch they stopped.')
 _SAMPLER = flags.DEFINE_enum('sampler', 'tpe', list(runner.SAMPLERS),
                              'Bayesian sampler: TPE, or GP (needs torch).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -62,11 +66,21 @@ def main(argv):
   config_file = ref.split(':')[0]
   overrides = config_flags.get_override_values(flags.FLAGS['config'])  # {'a.b': value}
   ref += ''.join(f' --config.{k}={v!r}' for k, v in overrides.items())
+  config = _CONFIG.value
+  if _PRUNER.value:
+    from research import pruning
+    try:
+      pruning.parse(_PRUNER.value)
+    except ValueError as e:
+      print(f'error: --pruner={_PRUNER.value}: {e}', file=sys.stderr)
+      sys.exit(2)
+    config.train.prune = _PRUNER.value
+    ref += f' --config.train.prune={_PRUNER.value!r}'
   try:
     space = load_space(config_file, _SPACE.value)
     supervise.supervise()  # the supervisor runs the sweep in a child and exits with its code
     out = runner.run_sweep(
-        _CONFIG.value, space, _METHOD.value, _TRIALS.value, _WORKDIR.value,
+        config, space, _METHOD.value, _TRIALS.value, _WORKDIR.value,
         storage=_STORAGE.value, study_name=_STUDY.value, batch=_BATCH.value, seed=_SEED.value,
         bayes_sampler=_SAMPLER.value, config_ref=ref,
         heartbeat_s=_HEARTBEAT.value)

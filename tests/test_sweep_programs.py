@@ -139,3 +139,25 @@ def test_a_mix_that_training_refuses_trains_one_program_per_kind(tmp_path):
   out = runner.run_sweep(_tiny(), space, 'grid', 3, tmp_path, batch=3, train_fn=refuse_mixes)
   assert out['states']['COMPLETE'] == 3 and out['programs'] == 2
   assert sorted(c['names'] for c in _calls(tmp_path)) == [['adam'], ['sgd', 'sgd']]
+
+
+def test_members_pruned_inside_a_program_are_pruned_trials(tmp_path):
+  """train.prune stops members inside the batch's program; Optuna gets them as PRUNED,
+  with the value of their last evaluation reported at the epoch they stopped."""
+  c = _tiny(epochs=4)
+  c.train.eval_every = 1
+  c.train.prune = 'asha:eta=2'
+  space = {'optim.lr': Float(1e-4, 3e-2, log=True)}
+  runner.run_sweep(c, space, 'random', 4, tmp_path, batch=4, seed=0, report=False)
+  study = optuna.load_study(study_name='sweep', storage=runner.make_storage(None, tmp_path))
+  states = [t.state for t in study.get_trials()]
+  assert states.count(optuna.trial.TrialState.PRUNED) >= 2, states  # halved at evaluation 1
+  run = tmp_path / study.get_trials()[0].user_attrs['run']
+  members = json.loads((run / 'results.json').read_text())['members']
+  for t in study.get_trials():
+    m = members[t.user_attrs['member']]
+    if t.state == optuna.trial.TrialState.PRUNED:
+      assert m['pruned_epoch'] is not None
+      assert t.intermediate_values == {m['pruned_epoch']: pytest.approx(m['val/nelbo'])}
+    else:
+      assert m['pruned_epoch'] is None and t.value == pytest.approx(m['val/nelbo'])

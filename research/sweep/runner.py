@@ -643,6 +643,9 @@ def _train_program(study, config, items, program: Program, member_keys, metric, 
     if m.get('diverged') or not math.isfinite(value):
       t.set_user_attr('fail_reason', 'diverged')
       study.tell(t, state=TrialState.FAIL)
+    elif m.get('pruned_epoch') is not None:  # stopped by train.prune inside its program
+      t.report(value, int(m['pruned_epoch']))
+      study.tell(t, state=TrialState.PRUNED)
     else:
       study.tell(t, value)
 
