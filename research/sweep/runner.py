@@ -38,7 +38,10 @@
   (results.json ``select_metric``: validation, or training for data without a
   validation split; never the test split; with its best parameters) is told
   back, and the study's ``metric`` and each trial's ``select_metric`` name
-  that split; a diverged member or a non-finite value is told as FAIL
+  that split; a member the run's pruning rule stopped (``train.prune``,
+  `research.pruning`; ``scripts/sweep.py --pruner``) is told as PRUNED, its
+  best value reported at the epoch it stopped; a diverged member or a
+  non-finite value is told as FAIL
   (``user_attrs['fail_reason'] = 'diverged'``) and the sweep goes on. Each
   trial records its ``run``, ``program_members``, ``program_kinds``,
   ``program_wall_s`` and ``member_steps`` (the steps its member trained).
