@@ -176,12 +176,17 @@ def test_lstm_variants_draws_and_seeds_of_a_variant_do_not_depend_on_the_budget(
 
 
 def test_lstm_variants_smoke_plan_groups_kinds_into_fewer_programs(tmp_path):
-  """The cost model puts vanilla and NOAF (the same parameters) in one program and keeps
-  NIG and CIFG (no input gate) on their own: 3 programs for the smoke budget's 4 kinds."""
+  """Every kind trains in exactly one program, fewer programs than kinds, and vanilla and
+  NOAF (the same parameters: merging them pads nothing) share one. (On this test's short
+  sequences the padding of NIG and CIFG to four gates costs less than a program, so on
+  CPU all four kinds share one; `program_groups`' own tests check the trade-off.)"""
   b = lstm_variants.BUDGETS['smoke']
   programs = lstm_variants.plan_programs(b, str(_jsb_file(tmp_path)))
-  assert programs == [[('vanilla', 16), ('NOAF', 16)], [('NIG', 16)], [('CIFG', 16)]]
-  assert len(programs) < len(b['variants']) * len(b['hidden'])
+  kinds = [(v, h) for h in b['hidden'] for v in b['variants']]
+  assert sorted(k for p in programs for k in p) == sorted(kinds)
+  assert len(programs) < len(kinds)
+  assert any({('vanilla', 16), ('NOAF', 16)} <= set(p) for p in programs)
+
 
 
 def test_lstm_variants_curves_keep_the_evaluated_epochs(tmp_path, monkeypatch):
@@ -264,13 +269,15 @@ def test_music_studies_smoke_on_a_generated_file(tmp_path):
                f'--data_path={tmp_path / "jsb.mat"}')
     out = results.read(tmp_path / exp / 'results.json')
     assert all(np.isfinite(r['value']) for r in out['rows'])
-  # lstm_variants: 4 (variant, hidden) kinds in 3 programs, vanilla and NOAF mixed in one
-  assert out['num_kinds'] == 4 and out['num_programs'] == 3 == len(out['programs'])
-  assert [k['variant'] for k in out['programs'][0]['kinds']] == ['vanilla', 'NOAF']
+  # lstm_variants: 4 (variant, hidden) kinds in fewer programs (on these short sequences,
+  # one), vanilla and NOAF mixed in one of them
+  n = out['num_programs']
+  assert out['num_kinds'] == 4 and n < 4 and n == len(out['programs'])
+  assert any({'vanilla', 'NOAF'} <= {k['variant'] for k in p['kinds']} for p in out['programs'])
   assert sum(p['members'] for p in out['programs']) == len(out['trials']) == 16
   assert all((tmp_path / 'lstm_variants' / p['workdir'] / 'results.json').exists()
              for p in out['programs'])
-  assert 'trained as 3 program(s)' in (tmp_path / 'lstm_variants' / 'report.md').read_text()
+  assert f'trained as {n} program(s)' in (tmp_path / 'lstm_variants' / 'report.md').read_text()
   gates = out['analysis']['gates']  # lstm_variants: each variant's best trial
   assert set(gates) == {'vanilla', 'NIG', 'NOAF', 'CIFG'}
   assert gates['NIG']['i']['mean'] == 1.0 and gates['NIG']['i']['frac_above_0.9'] == 1.0
