@@ -235,6 +235,15 @@ def make_plan(config: ml_collections.ConfigDict, members: list[dict[str, Any]],
       key = tuple(m.get(k, configlib.get_path(config, k)) for k in RULE_KEYS)
       member_rule[i] = seen.setdefault(key, len(seen))
     rules = [dict(zip(('name', 'nesterov', 'schedule'), k)) for k in seen]
+  for k in model_keys:
+    if k == VARIANT_KEY:
+      continue
+    for m in members:
+      v = m[k]
+      if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                 for x in (v if isinstance(v, tuple) else (v,))):
+        raise ValueError(f'population {k}={population_format(v)}: widths must be positive '
+                         'integers')
   super_config, variants = program_model(config, members, model_keys)
   member_variant = ([variants.index(m[VARIANT_KEY]) for m in members] if variants
                     else [0] * len(members))
@@ -396,6 +405,11 @@ def _index_maps(own: ml_collections.ConfigDict, member: dict, widths: list[str],
         idx[ax] = cols[idx[ax]]
       maps[(col, path)] = idx
   return maps
+
+
+def population_format(v) -> str:
+  from research.population import format_value
+  return format_value(v)
 
 
 def _gates(variant: str | None) -> list[str]:

@@ -224,3 +224,11 @@ def test_structural_values_every_member_shares_are_the_runs_config(tmp_path):
   assert pop['num_params'] == solo['num_params']
   np.testing.assert_allclose(pop['members'][0]['val/nelbo'], solo['members'][0]['val/nelbo'],
                              rtol=1e-6)
+
+
+def test_non_positive_widths_are_refused_before_anything_is_written(tmp_path):
+  with pytest.raises(ValueError, match='widths must be positive integers'):
+    train_and_evaluate(adding(population='model.rnn.hidden=3,0'), tmp_path / 'mixed')
+  with pytest.raises(ValueError, match='rnn.hidden must be a positive integer'):
+    train_and_evaluate(adding(**{'model.rnn.hidden': 0}), tmp_path / 'solo')
+  assert not (tmp_path / 'mixed').exists() and not (tmp_path / 'solo').exists()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
@@ -226,6 +227,10 @@ class Recurrent(nn.Module):
 
   @nn.compact
   def __call__(self, x, lengths=None):
+    if not isinstance(self.hidden, numbers.Integral) or self.hidden < 1:
+      raise ValueError(f'rnn.hidden must be a positive integer, got {self.hidden!r}')
+    if not isinstance(self.num_layers, numbers.Integral) or self.num_layers < 1:
+      raise ValueError(f'rnn.num_layers must be a positive integer, got {self.num_layers!r}')
     B, T = x.shape[:2]
     mask = length_mask(lengths, B, T)
     options = dict(self.cell_options or {})
