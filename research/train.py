@@ -534,6 +534,10 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   together (an abstract init on the data's shapes); writes nothing."""
   task = make_task(config.task)
   pruning.parse(config.train.get('prune', ''))  # a bad rule fails before anything is written
+  compact = config.train.get('compact', 0)
+  if not isinstance(compact, (int, float)) or not 0 <= compact <= 1:
+    raise ValueError(f'train.compact={compact!r}: must be a fraction in [0, 1] (0: never '
+                     'compact; 0.5: when at most half the members on the device still train)')
   members = population.expand(config, task.hparam_keys)
   numeric = set(population.member_keys(task.hparam_keys))
   shared = [k for k in members[0] if k not in numeric

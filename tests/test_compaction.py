@@ -81,3 +81,10 @@ def test_resume_after_compaction_equals_uninterrupted(runs):
   out = train_and_evaluate(config(0.75), work)
   assert_same_members(compact, out)
   assert records(work).keys() == records(root / 'compact').keys()
+
+
+@pytest.mark.parametrize('value', [2.0, -0.5])
+def test_a_compact_fraction_outside_0_1_is_refused(tmp_path, value):
+  with pytest.raises(ValueError, match=r'train.compact=.*fraction in \[0, 1\]'):
+    train_and_evaluate(config(value), tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()
