@@ -46,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
       # pruning over the member axis after each evaluation (research/pruning.py):
       # '' | 'median[:warmup=W]' | 'asha[:eta=E,min=M]'
       prune='',
+      # population-based training (research/pbt.py): '' | 'every=E,fraction=F,keys=optim.lr'
+      pbt='',
       progress=True,
       # seconds without a finished epoch or evaluation before the run dumps every thread's
       # stack to workdir/hang-<time>.txt and exits 75 (research/watchdog.py); 0 = off.

@@ -46,7 +46,8 @@ import numpy as np
 import optax
 
 from research import checkpoint as ckpt_lib
-from research import augment, configlib, errors, optim, population, provenance, pruning, results
+from research import augment, configlib, errors, optim, pbt as pbt_lib, population, provenance
+from research import pruning, results
 from research import structure as structure_lib
 from research.data import Dataset, load_dataset
 from research.models import build_model
@@ -534,6 +535,11 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   together (an abstract init on the data's shapes); writes nothing."""
   task = make_task(config.task)
   pruning.parse(config.train.get('prune', ''))  # a bad rule fails before anything is written
+  if pbt_lib.parse(config.train.get('pbt', '')) is not None and any(
+      k not in set(population.member_keys(task.hparam_keys))
+      for k in population.varied_keys(population.expand(config, task.hparam_keys))):
+    raise ValueError('train.pbt copies one member\'s state into another: the members must '
+                     'share one structure (no varied variant, width or optimizer rule)')
   compact = config.train.get('compact', 0)
   if not isinstance(compact, (int, float)) or not 0 <= compact <= 1:
     raise ValueError(f'train.compact={compact!r}: must be a fraction in [0, 1] (0: never '
@@ -648,12 +654,21 @@ class _Members:
     self.K = len(run.members)
     self.index = np.arange(self.K)
     self.retired: dict[int, Any] = {}
-    self.hp_host = _host(run.hp)
+    self.hp_host = jax.tree.map(np.array, _host(run.hp))  # writable copies (PBT edits them)
     self.hp = run.hp
 
   @property
   def members(self) -> list[dict]:
     return [self.run.members[j] for j in self.index]
+
+  def set_hp(self, values: dict) -> None:
+    """Replaces hyperparameters of every member (host arrays over all K) and places the
+    device rows' values."""
+    for k, v in values.items():
+      self.hp_host[k] = np.array(v, self.hp_host[k].dtype)
+    shard = self.run.shard
+    place = (lambda x: jax.device_put(x, shard)) if shard is not None else jnp.asarray
+    self.hp = jax.tree.map(lambda a: place(a[self.index]), self.hp_host)
 
   def full(self, state: MemberState) -> MemberState:
     if not self.retired:
@@ -736,6 +751,12 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   history = (pruning.history_from_records(logger.records(), len(members), metric_key)
              if pruner else [])
   pruned_at = {int(k): v for k, v in (meta.get('pruned') or {}).items()}  # member -> epoch
+  pbt = pbt_lib.parse(config.train.get('pbt', ''))
+  pbt_log = list(meta.get('pbt') or [])
+  if meta.get('hp'):  # hyperparameters PBT changed before the checkpoint we resume from
+    rows.set_hp({k: np.asarray(v, np.float32) for k, v in meta['hp'].items()})
+  evaluations = len(pruning.history_from_records(logger.records(), len(members), metric_key)) \
+      if pbt else 0
   epoch_metrics, window_t, window_steps = [], time.time(), 0
   done = start_epoch
   try:
@@ -766,6 +787,11 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
         state, pruned = _prune(pruner, state, rows, history, evals[select][run.task.select_metric],
                                trainer.maximize, done)
         pruned_at.update({int(j): done for j in rows.index[pruned]})
+      if pbt:
+        evaluations += 1
+        if evaluations % pbt.every == 0 and done < epochs:
+          state = _exploit(pbt, state, rows, evals[select][run.task.select_metric],
+                           trainer.maximize, int(config.seed), done, pbt_log)
       flags = _host({'step': state.step, 'diverged': state.diverged, 'active': state.active,
                      'diverged_step': state.diverged_step, 'last': state.last_finite_loss,
                      'bad_evals': state.bad_evals})
@@ -783,7 +809,9 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
                          evals[select][run.task.select_metric], flags,
                          (now - window_t) / len(epoch_metrics))
       epoch_metrics, window_t, window_steps = [], now, 0
-      meta = _save(checkpointer, done, rows.full(state), t_start, first_epoch_s, pruned_at)
+      meta = _save(checkpointer, done, rows.full(state), t_start, first_epoch_s, pruned_at,
+                   **({'pbt': pbt_log, 'hp': {k: rows.hp_host[k].tolist() for k in pbt.keys}}
+                      if pbt else {}))
       dog.beat(epoch=done, step=int(flags['step'].max()))
       _report_divergence(rows.full_flags(flags), members, reported)
       if stop.signum is not None:
@@ -797,6 +825,39 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
     progress.close()
     logger.close()
   return rows.full(state), meta
+
+
+def _exploit(pbt, state: MemberState, rows: '_Members', values, maximize: bool, seed: int,
+             done: int, log: list) -> MemberState:
+  """PBT's exploit and explore (`research.pbt`) on the live members on the device."""
+  flags = _host({'active': state.active, 'diverged': state.diverged})
+  live = flags['active'] & ~flags['diverged']
+  full = np.full(rows.K, np.nan)
+  full[rows.index] = np.asarray(values, np.float64)
+  alive = np.zeros(rows.K, bool)
+  alive[rows.index[live]] = True
+  moves = pbt.decide(full, alive, maximize, seed, done)
+  if not moves:
+    return state
+  host = jax.tree.map(np.array, _host(state))
+  row = {int(j): r for r, j in enumerate(rows.index)}
+  copy = lambda tree, b, d: jax.tree.map(lambda a: a.__setitem__(b, a[d]) or a, tree)
+  for b, d, factors in moves:
+    for name in ('params', 'model_state', 'opt_state'):
+      copy(getattr(host, name), row[b], row[d])
+    for k, f in factors.items():
+      rows.hp_host[k][b] = rows.hp_host[k][d] * f
+    log.append({'epoch': done, 'member': b, 'from': d,
+                'hparams': {k: float(rows.hp_host[k][b]) for k in factors}})
+  logging.info('PBT after epoch %d: %s', done,
+               '; '.join(f'member {b} <- {d}' for b, d, _ in moves))
+  rows.set_hp({})
+  # every member's optimizer reads its (possibly new) values from its state
+  on_rows = {k: v[rows.index] for k, v in rows.hp_host.items() if k in pbt_lib.KEYS}
+  host = host.replace(opt_state=jax.tree.map(
+      np.asarray, optim.set_hparams(host.opt_state, on_rows)))
+  shard = rows.run.shard
+  return (jax.device_put(host, shard) if shard is not None else jax.tree.map(jnp.asarray, host))
 
 
 def _prune(pruner, state: MemberState, rows: '_Members', history: list, values, maximize: bool,
@@ -820,9 +881,9 @@ def _prune(pruner, state: MemberState, rows: '_Members', history: list, values, 
 
 
 def _save(checkpointer, done: int, state, t_start: float, first_epoch_s,
-          pruned: dict | None = None) -> dict:
+          pruned: dict | None = None, **extra) -> dict:
   meta = {'epoch': done, 'train_time_s': time.time() - t_start, 'first_epoch_s': first_epoch_s,
-          'pruned': {str(k): v for k, v in (pruned or {}).items()}}
+          'pruned': {str(k): v for k, v in (pruned or {}).items()}, **extra}
   checkpointer.save(done, state, meta)
   return meta
 
@@ -906,6 +967,9 @@ def _final_results(run: Setup, state: MemberState, meta: dict, workdir: Path,
         'diverged_step': int(flags['diverged_step'][i]) if flags['diverged'][i] else None,
         **({'num_params': run.plan.num_params(i)} if mixed else {}),
         'pruned_epoch': (meta.get('pruned') or {}).get(str(i)),
+        **({'final_hparams': {k: v[i] for k, v in meta['hp'].items()},
+            'pbt': [e for e in meta.get('pbt', []) if e['member'] == i]}
+           if meta.get('hp') else {}),
         **{f'{s}/{k}': float(v[i]) for s, vals in final.items() for k, v in vals.items()}})
   rows = results.group_rows(run.config.experiment, run.task, run.members, run.varied,
                             member_results)

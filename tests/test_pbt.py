@@ -1,0 +1,105 @@
+"""Population-based training inside the program: exploit copies a member's state exactly,
+explore scales its hyperparameters, decisions follow the rule, and a resumed run ends
+like the uninterrupted one."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from research import pbt as pbt_lib
+from research.train import train_and_evaluate
+from tests.helpers import small_mnist1d
+
+POP = 'seed=0,1,2,3 optim.lr=0.3,1e-3,0.1,3e-3'
+
+
+def config(**kw):
+  return small_mnist1d(**{'train.epochs': 6, 'train.pbt': 'every=2,fraction=0.25,keys=optim.lr',
+                          'train.checkpoint_keep': 100, 'population': POP,
+                          'population_mode': 'zip', **kw})
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp('pbt')
+  return root, train_and_evaluate(config(), root / 'run')
+
+
+def test_exploit_and_explore_follow_the_rule(run):
+  root, out = run
+  recs = [json.loads(l) for l in (root / 'run/metrics.jsonl').read_text().splitlines()]
+  log = [e for m in out['members'] for e in m['pbt']]
+  assert sorted(e['epoch'] for e in log) == [2, 4]  # every second evaluation, not the last
+  lr = {m['member']: m['hparams']['optim.lr'] for m in out['members']}
+  for epoch in (2, 4):
+    acc = {r['member']: r['val/accuracy'] for r in recs if r['epoch'] == epoch}
+    ranked = sorted(acc, key=lambda i: -acc[i])
+    (e,) = [e for e in log if e['epoch'] == epoch]
+    assert e['member'] == ranked[-1] and e['from'] == ranked[0]  # worst copies best (q = 1)
+    ratio = e['hparams']['optim.lr'] / lr[e['from']]
+    assert min(abs(ratio - 0.8), abs(ratio - 1.2)) < 1e-5
+    lr[e['member']] = e['hparams']['optim.lr']
+  assert {m['member']: m['final_hparams']['optim.lr'] for m in out['members']} == \
+      pytest.approx(lr)
+
+
+def test_resumed_pbt_run_equals_uninterrupted(run):
+  root, out = run
+  work = root / 'resumed'
+  shutil.copytree(root / 'run', work)
+  for p in (work / 'checkpoints').iterdir():  # as if killed after the exploit at epoch 2
+    if p.name.isdigit() and int(p.name) > 3:
+      shutil.rmtree(p)
+  (work / 'results.json').unlink()
+  again = train_and_evaluate(config(), work)
+  for a, b in zip(out['members'], again['members']):
+    assert a['pbt'] == b['pbt'] and a['final_hparams'] == b['final_hparams']
+    np.testing.assert_allclose(a['test/loss'], b['test/loss'], rtol=1e-6)
+
+
+def test_decide_is_truncation_selection():
+  p = pbt_lib.PBT(every=1, fraction=0.25, keys=('optim.lr',))
+  values = np.array([0.9, 0.1, 0.5, np.nan, 0.7, 0.3, 0.2, 0.8])
+  moves = p.decide(values, np.ones(8, bool), maximize=True, seed=0, epoch=1)
+  # 8 live, q = 2: the worst two (nan, 0.1) copy from the best two (0.9, 0.8)
+  assert sorted(b for b, _, _ in moves) == [1, 3]
+  assert all(d in (0, 7) for _, d, _ in moves)
+  assert moves == p.decide(values, np.ones(8, bool), True, 0, 1)  # reproducible
+
+
+@pytest.mark.parametrize('spec, match', [
+    ('every=0', 'every >= 1'), ('fraction=0.9', 'fraction <= 0.5'),
+    ('keys=task.beta', 'cannot be explored'), ('evry=2', 'expected every=E'),
+])
+def test_bad_pbt_specs_are_one_line_errors(tmp_path, spec, match):
+  with pytest.raises(ValueError, match=match):
+    train_and_evaluate(config(**{'train.pbt': spec}), tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_pbt_refuses_members_of_different_structure(tmp_path):
+  with pytest.raises(ValueError, match='share one structure'):
+    train_and_evaluate(config(population='seed=0,1 model.hidden=8,16'), tmp_path / 'run')
+
+
+def test_exploit_copies_the_donors_state_exactly(run):
+  import jax
+
+  from research.train import load_trained
+  root, out = run
+  work = root / 'at2'
+  shutil.copytree(root / 'run', work)
+  for p in (work / 'checkpoints').iterdir():  # the checkpoint written right after the exploit
+    if p.name.isdigit() and int(p.name) > 2:
+      shutil.rmtree(p)
+  _, _, _, state = load_trained(config(), work)
+  (e,) = [e for m in out['members'] for e in m['pbt'] if e['epoch'] == 2]
+  b, d = e['member'], e['from']
+  for x in jax.tree.leaves((state.params, state.model_state)):
+    np.testing.assert_array_equal(np.asarray(x)[b], np.asarray(x)[d])
+  lr = np.asarray(state.opt_state.hyperparams['learning_rate'])
+  assert lr[b] == pytest.approx(e['hparams']['optim.lr']) and lr[b] != lr[d]
+  assert not np.array_equal(np.asarray(state.rng)[b], np.asarray(state.rng)[d])  # own stream
