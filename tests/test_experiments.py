@@ -393,3 +393,16 @@ def test_trained_gradient_profile_uses_the_best_members_trained_parameters(tmp_p
   jac = bptt.jacobian_norms({'GRU': (config, tmp_path, out['members'])}, chosen)
   assert jac['GRU']['init'].shape == jac['GRU']['trained'].shape == (20,)
   assert not np.allclose(jac['GRU']['init'], jac['GRU']['trained'])
+
+
+def test_pbt_study_smoke_compares_the_same_population_with_and_without_pbt(tmp_path):
+  from research.experiments import pbt as pbt_study
+  out = pbt_study.run(tmp_path / 'pbt', budget='smoke')
+  names = {r['name'] for r in out['rows']}
+  assert names == {'random search', 'PBT'}
+  plain = results.read(tmp_path / 'pbt' / 'plain_0' / 'results.json')
+  pbt = results.read(tmp_path / 'pbt' / 'pbt_0' / 'results.json')
+  # the same members (seeds, initial learning rates) in both arms; PBT moved some of them
+  assert [m['hparams'] for m in plain['members']] == [m['hparams'] for m in pbt['members']]
+  assert any(m['pbt'] for m in pbt['members'])
+  assert 'PBT every' in (tmp_path / 'pbt' / 'report.md').read_text()
