@@ -742,6 +742,8 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   # Wall time and first-epoch time add up over resumed pieces (kept in the checkpoint's meta).
   t_start = time.time() - float(meta.get('train_time_s', 0.0))
   first_epoch_s = meta.get('first_epoch_s', meta.get('compile_time_s'))
+  # member-steps the program computed (rows x steps) and an uncompacted one would have
+  work = dict(meta.get('member_steps') or {'computed': 0, 'uncompacted': 0})
   reported = set(np.flatnonzero(np.asarray(state.diverged)).tolist())
   rows = _Members(run)
   state = rows.compact(state, compact)  # a resumed run leaves its stopped members behind
@@ -771,9 +773,12 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       progress.epoch_done(done)
       epoch_metrics.append(metrics)
       window_steps += trainer.steps_per_epoch
+      work['computed'] += len(rows.index) * trainer.steps_per_epoch
+      work['uncompacted'] += len(members) * trainer.steps_per_epoch
       if done % eval_every and done != epochs:
         if stop.signum is not None:
-          _save(checkpointer, done, rows.full(state), t_start, first_epoch_s, pruned_at)
+          _save(checkpointer, done, rows.full(state), t_start, first_epoch_s, pruned_at,
+                member_steps=work)
           _interrupted(stop.signum, done, workdir)
         continue
       evals = {name: trainer.evaluate(state.params, state.model_state, rows.hp, d)
@@ -810,7 +815,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
                          (now - window_t) / len(epoch_metrics))
       epoch_metrics, window_t, window_steps = [], now, 0
       meta = _save(checkpointer, done, rows.full(state), t_start, first_epoch_s, pruned_at,
-                   **({'pbt': pbt_log, 'hp': {k: rows.hp_host[k].tolist() for k in pbt.keys}}
+                   member_steps=work, **({'pbt': pbt_log, 'hp': {k: rows.hp_host[k].tolist() for k in pbt.keys}}
                       if pbt else {}))
       dog.beat(epoch=done, step=int(flags['step'].max()))
       _report_divergence(rows.full_flags(flags), members, reported)
@@ -983,6 +988,7 @@ def _final_results(run: Setup, state: MemberState, meta: dict, workdir: Path,
       members=member_results, num_members=K, num_params=int(n_params),
       select_metric=f'{run.select_split}/{run.task.select_metric}',
       train_time_s=float(meta.get('train_time_s', 0.0)),
+      member_steps=meta.get('member_steps'),
       first_epoch_s=meta.get('first_epoch_s'),
       devices=[str(d) for d in jax.devices()], member_sharding=run.n_shards,
       steps_per_epoch=run.trainer.steps_per_epoch,

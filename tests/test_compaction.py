@@ -55,6 +55,10 @@ def test_compacted_members_equal_the_uncompacted_run(runs):
   assert_same_members(plain, compact)
   stops = sorted(m['best_epoch'] for m in plain['members'])
   assert stops[0] < stops[-1]  # the members do stop at different epochs
+  # results.json: the member-steps computed, and what an uncompacted program computes
+  assert plain['member_steps']['computed'] == plain['member_steps']['uncompacted']
+  assert compact['member_steps']['uncompacted'] == plain['member_steps']['computed']
+  assert compact['member_steps']['computed'] < compact['member_steps']['uncompacted']
   a, b = records(root / 'plain'), records(root / 'compact')
   assert set(b) < set(a)  # stopped members wrote no more records once they left
   for key, rec in b.items():
@@ -80,6 +84,7 @@ def test_resume_after_compaction_equals_uninterrupted(runs):
   (work / 'results.json').unlink()
   out = train_and_evaluate(config(0.75), work)
   assert_same_members(compact, out)
+  assert out['member_steps'] == compact['member_steps']
   assert records(work).keys() == records(root / 'compact').keys()
 
 

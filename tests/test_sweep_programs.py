@@ -142,8 +142,8 @@ def test_a_mix_that_training_refuses_trains_one_program_per_kind(tmp_path):
 
 
 def test_members_pruned_inside_a_program_are_pruned_trials(tmp_path):
-  """train.prune stops members inside the batch's program; Optuna gets them as PRUNED,
-  with the value of their last evaluation reported at the epoch they stopped."""
+  """train.prune stops members inside the batch's program; Optuna gets every evaluation
+  of every member as an intermediate value, and the pruned members as PRUNED."""
   c = _tiny(epochs=4)
   c.train.eval_every = 1
   c.train.prune = 'asha:eta=2'
@@ -156,8 +156,11 @@ def test_members_pruned_inside_a_program_are_pruned_trials(tmp_path):
   members = json.loads((run / 'results.json').read_text())['members']
   for t in study.get_trials():
     m = members[t.user_attrs['member']]
+    curve = {r['epoch']: r['val/nelbo'] for r in map(json.loads,
+                                                      (run / 'metrics.jsonl').read_text().splitlines())
+             if r['member'] == t.user_attrs['member']}
+    assert t.intermediate_values == pytest.approx(curve)  # every evaluation, as Optuna's
     if t.state == optuna.trial.TrialState.PRUNED:
-      assert m['pruned_epoch'] is not None
-      assert t.intermediate_values == {m['pruned_epoch']: pytest.approx(m['val/nelbo'])}
+      assert m['pruned_epoch'] is not None and max(curve) == m['pruned_epoch']
     else:
       assert m['pruned_epoch'] is None and t.value == pytest.approx(m['val/nelbo'])

@@ -38,9 +38,10 @@
   (results.json ``select_metric``: validation, or training for data without a
   validation split; never the test split; with its best parameters) is told
   back, and the study's ``metric`` and each trial's ``select_metric`` name
-  that split; a member the run's pruning rule stopped (``train.prune``,
-  `research.pruning`; ``scripts/sweep.py --pruner``) is told as PRUNED, its
-  best value reported at the epoch it stopped; a diverged member or a
+  that split, after every evaluation of the member has been reported as an
+  intermediate value (its metrics.jsonl records); a member the run's pruning
+  rule stopped (``train.prune``, `research.pruning`; ``scripts/sweep.py
+  --pruner``) is told as PRUNED; a diverged member or a
   non-finite value is told as FAIL
   (``user_attrs['fail_reason'] = 'diverged'``) and the sweep goes on. Each
   trial records its ``run``, ``program_members``, ``program_kinds``,
@@ -633,8 +634,11 @@ def _train_program(study, config, items, program: Program, member_keys, metric, 
   selected = _selected_metric(out, metric)
   if study.user_attrs.get('metric') != selected:
     study.set_user_attr('metric', selected)
+  curves = _member_curves(run_dir, selected)
   for (t, _), m in zip(items, out['members']):
     value = m.get(selected, float('nan'))
+    for epoch, v in curves.get(m['member'], []):  # every evaluation, as Optuna's intermediate values
+      t.report(v, epoch)
     record(t, wall)
     t.set_user_attr('select_metric', selected)
     t.set_user_attr('member', m['member'])
@@ -647,10 +651,25 @@ def _train_program(study, config, items, program: Program, member_keys, metric, 
       t.set_user_attr('fail_reason', 'diverged')
       study.tell(t, state=TrialState.FAIL)
     elif m.get('pruned_epoch') is not None:  # stopped by train.prune inside its program
-      t.report(value, int(m['pruned_epoch']))
       study.tell(t, state=TrialState.PRUNED)
     else:
       study.tell(t, value)
+
+
+def _member_curves(run_dir: Path, selected: str) -> dict[int, list[tuple[int, float]]]:
+  """Per member, (epoch, value) of the selection metric at each of its evaluations
+  (metrics.jsonl; the split is named 'train_eval' there when it is the training set)."""
+  key = selected.replace('train/', 'train_eval/', 1) if selected.startswith('train/') else selected
+  path = Path(run_dir) / 'metrics.jsonl'
+  out: dict[int, list[tuple[int, float]]] = {}
+  if not path.exists():
+    return out
+  for line in path.read_text().splitlines():
+    r = json.loads(line)
+    v = r.get(key)
+    if isinstance(v, (int, float)) and math.isfinite(v):
+      out.setdefault(r['member'], []).append((int(r['epoch']), float(v)))
+  return out
 
 
 def _selected_metric(out: Mapping[str, Any], metric: str) -> str:
