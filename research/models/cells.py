@@ -35,7 +35,12 @@ Variants (``variant=``), each one change to ``vanilla``:
     FGR   full gate recurrence each gate also receives i_{t-1}, f_{t-1}, o_{t-1}
                                through its own recurrent matrices (9 more H x H)
 
-Gates a variant removes have no parameters. Knobs: ``forget_bias`` and
+Gates a variant removes have no parameters. ``variant`` may also be a tuple of
+variants: the mixed cell of a population whose members differ in variant
+(`research.structure`), with every gate, the peepholes and full gate recurrence
+of any of them, each member computing its own variant's equations from its row
+of flags (`MIXED_FLAGS`, selected by the ``structure`` collection's
+``lstm_variant`` index). Knobs: ``forget_bias`` and
 ``input_bias`` (initial b_f, b_i), ``input_gate_act`` ('sigmoid' or
 'hard_sigmoid').
 
