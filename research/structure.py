@@ -225,7 +225,7 @@ def make_plan(config: ml_collections.ConfigDict, members: list[dict[str, Any]],
   keys = structural_varied(members, task_keys)
   if not keys:
     return None
-  _refuse_inexact(config, keys, members)
+  refuse_inexact(config, keys, members)
   rule_keys = [k for k in keys if k in RULE_KEYS]
   model_keys = [k for k in keys if k not in RULE_KEYS]
   rules, member_rule = None, [0] * len(members)
@@ -242,7 +242,8 @@ def make_plan(config: ml_collections.ConfigDict, members: list[dict[str, Any]],
       v = m[k]
       if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
                  for x in (v if isinstance(v, tuple) else (v,))):
-        raise ValueError(f'population {k}={population_format(v)}: widths must be positive '
+        from research.population import format_value
+        raise ValueError(f'population {k}={format_value(v)}: widths must be positive '
                          'integers')
   super_config, variants = program_model(config, members, model_keys)
   member_variant = ([variants.index(m[VARIANT_KEY]) for m in members] if variants
@@ -304,7 +305,9 @@ def padded_flops(config: ml_collections.ConfigDict, members: list[dict[str, Any]
   return member_flops(n, tokens)
 
 
-def _refuse_inexact(config, keys, members) -> None:
+def refuse_inexact(config, keys, members) -> None:
+  """A ValueError when zero padding would not be exact for ``members`` varying
+  ``keys`` (dropout, layer norm over a varied width, free bits over a varied latent)."""
   widths = [k for k in keys if k not in RULE_KEYS and k != VARIANT_KEY]
   if not widths:
     return
@@ -405,11 +408,6 @@ def _index_maps(own: ml_collections.ConfigDict, member: dict, widths: list[str],
         idx[ax] = cols[idx[ax]]
       maps[(col, path)] = idx
   return maps
-
-
-def population_format(v) -> str:
-  from research.population import format_value
-  return format_value(v)
 
 
 def _gates(variant: str | None) -> list[str]:

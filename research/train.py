@@ -535,17 +535,16 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   together (an abstract init on the data's shapes); writes nothing."""
   task = make_task(config.task)
   pruning.parse(config.train.get('prune', ''))  # a bad rule fails before anything is written
-  if pbt_lib.parse(config.train.get('pbt', '')) is not None and any(
-      k not in set(population.member_keys(task.hparam_keys))
-      for k in population.varied_keys(population.expand(config, task.hparam_keys))):
-    raise ValueError('train.pbt copies one member\'s state into another: the members must '
-                     'share one structure (no varied variant, width or optimizer rule)')
   compact = config.train.get('compact', 0)
   if not isinstance(compact, (int, float)) or not 0 <= compact <= 1:
     raise ValueError(f'train.compact={compact!r}: must be a fraction in [0, 1] (0: never '
                      'compact; 0.5: when at most half the members on the device still train)')
   members = population.expand(config, task.hparam_keys)
   numeric = set(population.member_keys(task.hparam_keys))
+  if pbt_lib.parse(config.train.get('pbt', '')) is not None and any(
+      k not in numeric for k in population.varied_keys(members)):
+    raise ValueError('train.pbt copies one member\'s state into another: the members must '
+                     'share one structure (no varied variant, width or optimizer rule)')
   shared = [k for k in members[0] if k not in numeric
             and len({repr(m[k]) for m in members}) == 1]
   if shared:  # a structural value every member has is simply the run's config

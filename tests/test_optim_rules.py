@@ -5,6 +5,7 @@ optax's public optimizers, each run alone.
 """
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,11 +123,7 @@ def member(tree, i):
 
 
 def assert_tree_allclose(a, b, rtol=RTOL, atol=ATOL):
-  la, ta = jax.tree.flatten(a)
-  lb, tb = jax.tree.flatten(b)
-  assert ta == tb
-  for x, y in zip(la, lb):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+  chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)  # same structure, close leaves
 
 
 def assert_tree_equal(a, b):

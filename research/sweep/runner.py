@@ -463,7 +463,7 @@ def _flops_fn(config, kinds: list[dict], trials: list[list[Mapping[str, Any]]],
     try:
       if len(idx) > 1:
         varied = [k for k in keys if len({repr(m[k]) for m in members}) > 1]
-        structure_lib._refuse_inexact(config, varied, [dict(v) for j in idx for v in trials[j]])
+        structure_lib.refuse_inexact(config, varied, [dict(v) for j in idx for v in trials[j]])
       if dataset_fn is None:
         raise ValueError('no data to estimate the cost of mixing widths')
       model, _ = structure_lib.program_model(config, members, model_keys)
