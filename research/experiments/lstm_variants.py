@@ -152,7 +152,8 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
     program_info.append({'program': k, 'workdir': wd.name,
                          'kinds': [{'variant': v, 'hidden': h} for v, h in kinds],
                          'members': sum(len(kind_trials[kind]) for kind in kinds),
-                         'wall_time_s': time.time() - t_prog})
+                         'wall_time_s': time.time() - t_prog,
+                         'member_steps': out.get('member_steps')})
     val_curves = _member_curves(wd, 'val/loss')
     slots = [(kind, i, t) for kind in kinds for i, t in enumerate(kind_trials[kind])]
     assert len(out['members']) == len(slots), (wd, len(out['members']), len(slots))
@@ -188,9 +189,12 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None)
                      title=f'JSB validation NLL, all trials at hidden {last} (mean ± std)',
                      ylabel='validation NLL (nats/frame)')
   n_kinds = len(b['variants']) * len(b['hidden'])
+  member_steps = {k: sum((p['member_steps'] or {}).get(k, 0) for p in program_info)
+                  for k in ('computed', 'uncompacted')}
   out = results.write(workdir / 'results.json', 'lstm_variants', rows, budget=budget,
                       wall_time_s=wall, train_wall_time_s=train_wall,
                       num_programs=len(programs), num_kinds=n_kinds, programs=program_info,
+                      member_steps=member_steps,
                       analysis=analysis, adding=adding,
                       trials=[{k: v for k, v in t.items() if k not in ('val_curve', 'val_epochs')}
                               for t in trials])
@@ -227,11 +231,15 @@ def _programs_text(program_info: list[dict], n_kinds: int, train_wall: float) ->
            f'{len(program_info)} program(s), grouped by the cost model '
            '(`research.structure.program_groups`); every member ends where its solo run '
            f'(same seed and hyperparameters) ends. JSB training took {train_wall:.0f} s of '
-           'wall time in all.', '', '| program | kinds (variant/hidden) | members | wall time |',
-           '|---|---|---|---|']
+           'wall time in all. Member-steps: computed (after compaction drops stopped members) '
+           'and what the same programs would compute without compaction.', '',
+           '| program | kinds (variant/hidden) | members | wall time | member-steps computed / uncompacted |',
+           '|---|---|---|---|---|']
   for p in program_info:
     kinds = ', '.join(f'{k["variant"]}/{k["hidden"]}' for k in p['kinds'])
-    lines.append(f'| {p["workdir"]} | {kinds} | {p["members"]} | {p["wall_time_s"]:.0f} s |')
+    ms = p.get('member_steps') or {}
+    lines.append(f'| {p["workdir"]} | {kinds} | {p["members"]} | {p["wall_time_s"]:.0f} s | '
+                 f'{ms.get("computed", 0)} / {ms.get("uncompacted", 0)} |')
   return '\n'.join(lines)
 
 
