@@ -25,6 +25,8 @@ so far (`History`); a stopped member keeps its best parameters and results.
   before the first cut; each bracket halves among its own members.
 
 Directions follow the task (``select_mode``); a non-finite value is worst.
+`Pruner.record` says what results.json keeps about a stopped member (its
+``pruned`` entry: epoch, rule, evaluation, rung, bracket, value).
 """
 from __future__ import annotations
 
@@ -84,6 +86,24 @@ class Pruner:
     keep_n = max(1, len(reached) // self.eta)
     cut = np.sort(at[reached])[keep_n - 1]
     return live & ~np.isnan(at) & (at > cut)
+
+
+  def record(self, values: np.ndarray, member: int) -> dict:
+    """What results.json says about ``member``, stopped by this rule at the last
+    evaluation of ``values`` (as in `decide`): the rule, the 0-based evaluation, the
+    rung (ASHA / Hyperband: the k-th rung of the member's bracket, from 0; None for
+    the median rule), the bracket (Hyperband) and the member's value there."""
+    e = values.shape[0] - 1
+    value = float(values[e, member])
+    out = {'rule': self.kind, 'evaluation': e, 'rung': None,
+           'value': value if math.isfinite(value) else None}
+    if self.kind == 'asha':
+      out['rung'] = self.rungs(e).index(e)
+    elif self.kind == 'hyperband':
+      b = member % (self.brackets or 1)
+      out['bracket'] = b
+      out['rung'] = Pruner('asha', eta=self.eta, min=self.min * self.eta ** b).rungs(e).index(e)
+    return out
 
 
 def parse(spec: str, evaluations: int = 0) -> Pruner | None:

@@ -90,18 +90,34 @@ def halving(full, alive, rungs, eta=2):
 def test_pruned_run_follows_the_rule_and_its_members_equal_the_unpruned_run(plain, spec):
   root, _, full = plain
   work = root / spec.replace(':', '_').replace(',', '_').replace('=', '')
-  train_and_evaluate(config(spec), work)
+  out = train_and_evaluate(config(spec), work)
   got, recs = curves(work)
   pruned_at = {r['member']: r['epoch'] for r in recs if r.get('pruned')}
   epochs = sorted({r['epoch'] for r in recs})
+  rungs = {i: (0, 1, 3, 7) for i in range(K)}  # evaluations after 1, 2, 4, 8 (min 1, eta 2)
   if spec.startswith('median'):
     expected = optuna_median(full, warmup=1, direction='maximize')
-  elif spec.startswith('asha'):  # rungs after evaluations 1, 2, 4, 8 (min 1, eta 2)
-    expected = halving(full, list(range(K)), (0, 1, 3, 7))
+  elif spec.startswith('asha'):
+    expected = halving(full, list(range(K)), rungs[0])
   else:  # two brackets, members 0, 2, 4 from evaluation 1 and 1, 3, 5 from evaluation 2
+    rungs.update({i: (1, 3, 7) for i in (1, 3, 5)})
     expected = {**halving(full, [0, 2, 4], (0, 1, 3, 7)), **halving(full, [1, 3, 5], (1, 3, 7))}
   assert expected, 'the rule prunes nobody here; the test needs a population it prunes'
   assert {m: epochs.index(e) for m, e in pruned_at.items()} == expected
+  # results.json: each pruned member's epoch, rule, rung (of its bracket) and value there
+  kind = spec.partition(':')[0]
+  for m in out['members']:
+    i = m['member']
+    if i not in expected:
+      assert m['pruned'] is None and m['pruned_epoch'] is None
+      continue
+    e = expected[i]
+    want = {'epoch': epochs[e], 'rule': kind, 'evaluation': e,
+            'rung': None if kind == 'median' else rungs[i].index(e),
+            'value': pytest.approx(full[e, i], rel=1e-6)}
+    if kind == 'hyperband':
+      want['bracket'] = i % 2
+    assert m['pruned'] == want and m['pruned_epoch'] == epochs[e]
   # While a member trains, its numbers are those of the unpruned run.
   for i in range(K):
     n = expected.get(i, full.shape[0] - 1) + 1
@@ -120,6 +136,7 @@ def test_resumed_pruned_run_equals_uninterrupted(plain):
   out = train_and_evaluate(config('median:warmup=1'), work)
   for a, b in zip(ref['members'], out['members']):
     assert a['best_epoch'] == b['best_epoch'] and a['steps'] == b['steps']
+    assert a['pruned'] == b['pruned']
     np.testing.assert_allclose(a['test/loss'], b['test/loss'], rtol=1e-6)
   assert curves(work)[1] and [r.get('pruned') for r in curves(work)[1]] == \
       [r.get('pruned') for r in curves(root / 'ref')[1]]
