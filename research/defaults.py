@@ -44,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
       # research/train.py `_Members`); 0 = never
       compact=0.5,
       # pruning over the member axis after each evaluation (research/pruning.py):
-      # '' | 'median[:warmup=W]' | 'asha[:eta=E,min=M]'
+      # '' | 'median[:warmup=W]' (Vizier's rule; 'median:rule=optuna' Optuna's)
+      # | 'asha[:eta=E,min=M]' | 'hyperband[:eta=E,min=M,brackets=B]'
       prune='',
       # population-based training (research/pbt.py): '' | 'every=E,fraction=F,keys=optim.lr'
       pbt='',

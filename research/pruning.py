@@ -6,11 +6,17 @@ and leave the program at the next compaction, `research.train._Members`).
 The rules see each member's validation selection metric at every evaluation
 so far (`History`); a stopped member keeps its best parameters and results.
 
-* ``median[:warmup=W]``: the median stopping rule as Optuna's ``MedianPruner``
-  states it, with the other members in place of completed trials: at an
-  evaluation ``e >= W`` (counted from 0), stop a member whose best value so far
-  is worse than the median of the other members' values at ``e`` (members
-  stopped earlier have no value there and do not count).
+* ``median[:warmup=W]``: the median stopping rule of Google Vizier (Golovin et
+  al. 2017, "Google Vizier: A Service for Black-Box Optimization", section
+  3.2.1), with the other members in place of completed trials: at an evaluation
+  ``e >= W`` (counted from 0), stop a member whose best value up to ``e`` is
+  strictly worse than the median of the other members' *running averages* up to
+  ``e`` (the mean of each one's values at evaluations 0..e). Only members
+  evaluated at ``e`` count as others (members stopped earlier have no value
+  there).
+* ``median:rule=optuna[,warmup=W]``: the rule as Optuna's ``MedianPruner``
+  states it: the same, but against the median of the other members' values *at*
+  ``e``. (Before the Vizier rule existed, ``median`` meant this one.)
 * ``asha[:eta=3,min=1]``: successive halving (Jamieson & Talwalkar 2016; the
   promotion rule of Li et al. 2020's ASHA as Optuna implements it). Rungs are
   at evaluations ``min * eta**k - 1`` (0-based); at a rung a live member goes on
@@ -36,6 +42,7 @@ import math
 import numpy as np
 
 KINDS = ('median', 'asha', 'hyperband')
+MEDIAN_RULES = ('vizier', 'optuna')
 
 
 @dataclasses.dataclass
@@ -45,6 +52,13 @@ class Pruner:
   eta: int = 3
   min: int = 1
   brackets: int = 0  # hyperband; 0: as many as the evaluations allow
+  rule: str = 'vizier'  # median: 'vizier' (running averages) or 'optuna' (values at e)
+
+  @property
+  def name(self) -> str:
+    """The rule's name in results.json: 'median' (Vizier's), 'median_optuna', 'asha',
+    'hyperband'."""
+    return 'median_optuna' if self.kind == 'median' and self.rule == 'optuna' else self.kind
 
   def rungs(self, upto: int) -> list[int]:
     out, k = [], 0
@@ -64,13 +78,17 @@ class Pruner:
     if self.kind == 'median':
       if e < self.warmup:
         return stop
-      now = v[e]
+      reached = ~np.isnan(v[e])  # the members evaluated at e
       for i in np.flatnonzero(live):
-        others = np.delete(now, i)
-        others = others[~np.isnan(others)]
-        if others.size:
-          best = np.nanmin(v[:e + 1, i])
-          stop[i] = best > np.median(others)
+        others = reached.copy()
+        others[i] = False
+        if not others.any():
+          continue
+        if self.rule == 'optuna':  # the others' values at e
+          ref = v[e, others]
+        else:  # Vizier: the others' running averages over evaluations 0..e
+          ref = np.nanmean(v[:e + 1, others], axis=0)
+        stop[i] = np.nanmin(v[:e + 1, i]) > np.median(ref)  # strictly worse
       return stop
     if self.kind == 'hyperband':
       n = self.brackets or 1
@@ -95,7 +113,7 @@ class Pruner:
     the median rule), the bracket (Hyperband) and the member's value there."""
     e = values.shape[0] - 1
     value = float(values[e, member])
-    out = {'rule': self.kind, 'evaluation': e, 'rung': None,
+    out = {'rule': self.name, 'evaluation': e, 'rung': None,
            'value': value if math.isfinite(value) else None}
     if self.kind == 'asha':
       out['rung'] = self.rungs(e).index(e)
@@ -107,8 +125,8 @@ class Pruner:
 
 
 def parse(spec: str, evaluations: int = 0) -> Pruner | None:
-  """'' -> None; 'median', 'median:warmup=2', 'asha', 'asha:eta=2,min=2',
-  'hyperband:eta=3' -> a Pruner. ``evaluations``: the run's number of evaluations
+  """'' -> None; 'median', 'median:warmup=2', 'median:rule=optuna,warmup=2', 'asha',
+  'asha:eta=2,min=2', 'hyperband:eta=3' -> a Pruner. ``evaluations``: the run's number of evaluations
   (Hyperband's default bracket count: every bracket gets at least its first rung).
   Anything else is a ValueError naming what is allowed."""
   spec = (spec or '').strip()
@@ -117,9 +135,9 @@ def parse(spec: str, evaluations: int = 0) -> Pruner | None:
   kind, _, args = spec.partition(':')
   if kind not in KINDS:
     raise ValueError(f'train.prune={spec!r}: unknown pruner {kind!r}; allowed: '
-                     "'' (none), 'median[:warmup=W]', 'asha[:eta=E,min=M]', "
-                     "'hyperband[:eta=E,min=M,brackets=B]'")
-  allowed = {'median': ('warmup',), 'asha': ('eta', 'min'),
+                     "'' (none), 'median[:warmup=W,rule=vizier|optuna]', "
+                     "'asha[:eta=E,min=M]', 'hyperband[:eta=E,min=M,brackets=B]'")
+  allowed = {'median': ('warmup', 'rule'), 'asha': ('eta', 'min'),
              'hyperband': ('eta', 'min', 'brackets')}[kind]
   values = {}
   for item in filter(None, args.split(',')):
@@ -127,6 +145,12 @@ def parse(spec: str, evaluations: int = 0) -> Pruner | None:
     if not sep or k not in allowed:
       raise ValueError(f'train.prune={spec!r}: {kind} takes {", ".join(allowed)} '
                        f'(e.g. {kind}:{allowed[0]}=2), got {item!r}')
+    if k == 'rule':
+      if v not in MEDIAN_RULES:
+        raise ValueError(f'train.prune={spec!r}: rule must be one of {", ".join(MEDIAN_RULES)} '
+                         f'(vizier: Golovin et al. 2017; optuna: MedianPruner), got {v!r}')
+      values[k] = v
+      continue
     try:
       values[k] = int(v)
     except ValueError:

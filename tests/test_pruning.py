@@ -1,8 +1,10 @@
 """Pruning inside the population, against Optuna's pruner and against unpruned runs.
 
-The median rule's decisions are checked against Optuna's ``MedianPruner`` fed the
-same curves (the other members as completed trials); successive halving against
-a direct statement of the synchronous algorithm. A pruned run's members equal
+The median rule (Vizier's, Golovin et al. 2017) is checked against decisions
+worked out by hand on given curves and against a direct statement of the rule on
+the unpruned run's curves; ``median:rule=optuna`` against Optuna's
+``MedianPruner`` fed the same curves (the other members as completed trials);
+successive halving against a direct statement of the synchronous algorithm. A pruned run's members equal
 the unpruned run's while they train, and a resumed pruned run ends like the
 uninterrupted one.
 """
@@ -65,6 +67,21 @@ def optuna_median(values: np.ndarray, warmup: int, direction: str) -> dict[int, 
   return pruned
 
 
+def vizier_median(values: np.ndarray, warmup: int) -> dict[int, int]:
+  """Evaluation at which each member is stopped by Vizier's median stopping rule (higher
+  is better), run over the full curves: at evaluation e >= warmup, a member whose best
+  value up to e is strictly below the median of the running averages (means over
+  evaluations 0..e) of the other members still training at e."""
+  pruned: dict[int, int] = {}
+  for e in range(warmup, values.shape[0]):
+    live = [i for i in range(values.shape[1]) if i not in pruned]
+    for i in live:
+      averages = [sum(values[s, j] for s in range(e + 1)) / (e + 1) for j in live if j != i]
+      if averages and max(values[s, i] for s in range(e + 1)) < float(np.median(averages)):
+        pruned[i] = e
+  return pruned
+
+
 @pytest.fixture(scope='module')
 def plain(tmp_path_factory):
   root = tmp_path_factory.mktemp('pruning')
@@ -85,8 +102,8 @@ def halving(full, alive, rungs, eta=2):
   return out
 
 
-@pytest.mark.parametrize('spec', ['median:warmup=1', 'asha:eta=2,min=1',
-                                  'hyperband:eta=2,min=1,brackets=2'])
+@pytest.mark.parametrize('spec', ['median:warmup=1', 'median:warmup=1,rule=optuna',
+                                  'asha:eta=2,min=1', 'hyperband:eta=2,min=1,brackets=2'])
 def test_pruned_run_follows_the_rule_and_its_members_equal_the_unpruned_run(plain, spec):
   root, _, full = plain
   work = root / spec.replace(':', '_').replace(',', '_').replace('=', '')
@@ -95,8 +112,10 @@ def test_pruned_run_follows_the_rule_and_its_members_equal_the_unpruned_run(plai
   pruned_at = {r['member']: r['epoch'] for r in recs if r.get('pruned')}
   epochs = sorted({r['epoch'] for r in recs})
   rungs = {i: (0, 1, 3, 7) for i in range(K)}  # evaluations after 1, 2, 4, 8 (min 1, eta 2)
-  if spec.startswith('median'):
+  if spec.endswith('rule=optuna'):
     expected = optuna_median(full, warmup=1, direction='maximize')
+  elif spec.startswith('median'):
+    expected = vizier_median(full, warmup=1)
   elif spec.startswith('asha'):
     expected = halving(full, list(range(K)), rungs[0])
   else:  # two brackets, members 0, 2, 4 from evaluation 1 and 1, 3, 5 from evaluation 2
@@ -105,7 +124,7 @@ def test_pruned_run_follows_the_rule_and_its_members_equal_the_unpruned_run(plai
   assert expected, 'the rule prunes nobody here; the test needs a population it prunes'
   assert {m: epochs.index(e) for m, e in pruned_at.items()} == expected
   # results.json: each pruned member's epoch, rule, rung (of its bracket) and value there
-  kind = spec.partition(':')[0]
+  kind = 'median_optuna' if spec.endswith('rule=optuna') else spec.partition(':')[0]
   for m in out['members']:
     i = m['member']
     if i not in expected:
@@ -113,7 +132,7 @@ def test_pruned_run_follows_the_rule_and_its_members_equal_the_unpruned_run(plai
       continue
     e = expected[i]
     want = {'epoch': epochs[e], 'rule': kind, 'evaluation': e,
-            'rung': None if kind == 'median' else rungs[i].index(e),
+            'rung': None if kind.startswith('median') else rungs[i].index(e),
             'value': pytest.approx(full[e, i], rel=1e-6)}
     if kind == 'hyperband':
       want['bracket'] = i % 2
@@ -145,7 +164,8 @@ def test_resumed_pruned_run_equals_uninterrupted(plain):
 @pytest.mark.parametrize('spec, match', [
     ('mediam', "unknown pruner 'mediam'"),
     ('asha:eta=1', 'eta >= 2'),
-    ('median:eta=2', 'median takes warmup'),
+    ('median:eta=2', 'median takes warmup, rule'),
+    ('median:rule=tpe', 'rule must be one of vizier, optuna'),
     ('asha:eta=x', 'must be an integer'),
     ('hyperband:warmup=1', 'hyperband takes eta, min, brackets'),
 ])
@@ -162,3 +182,52 @@ def test_asha_keeps_ties_and_at_least_one():
       [False, False, True, False]
   assert p.decide(np.array([[5.0, np.nan, np.nan, np.nan]]), np.array([True, 0, 0, 0], bool),
                   maximize=False).tolist() == [False] * 4
+
+
+# Four members, higher is better; the hand computation at evaluation 1 (warmup 1):
+#   running averages over evaluations 0..1: m0 (.50 + .60) / 2 = .55, m1 (.40 + .55) / 2 = .475,
+#   m2 (.30 + .35) / 2 = .325, m3 (.20 + .50) / 2 = .35
+#   m0: best .60 vs median(.475, .325, .35) = .35  -> goes on
+#   m1: best .55 vs median(.55, .325, .35) = .35   -> goes on
+#   m2: best .35 vs median(.55, .475, .35) = .475  -> stopped
+#   m3: best .50 vs median(.55, .475, .325) = .475 -> goes on (Optuna's rule stops it:
+#       median of the others' values at 1, (.60, .55, .35), is .55 > .50)
+CURVES = np.array([[0.50, 0.40, 0.30, 0.20],
+                   [0.60, 0.55, 0.35, 0.50]])
+
+
+def test_median_rule_is_vizier_running_averages_by_hand():
+  p = pruning.parse('median:warmup=1')
+  assert (p.rule, p.name) == ('vizier', 'median')
+  live = np.ones(4, bool)
+  assert p.decide(CURVES[:1], live, maximize=True).tolist() == [False] * 4  # warmup
+  assert p.decide(CURVES, live, maximize=True).tolist() == [False, False, True, False]
+  # the same curves as losses (lower is better): the same decisions
+  assert p.decide(1 - CURVES, live, maximize=False).tolist() == [False, False, True, False]
+  optuna_rule = pruning.parse('median:rule=optuna,warmup=1')
+  assert optuna_rule.name == 'median_optuna'
+  assert optuna_rule.decide(CURVES, live, maximize=True).tolist() == [False, False, True, True]
+  assert optuna_rule.record(CURVES, 3) == {'rule': 'median_optuna', 'evaluation': 1,
+                                           'rung': None, 'value': 0.5}
+
+
+def test_vizier_stops_a_member_whose_best_trails_the_others_averages():
+  # A: best .40; B and C fell to .35 and .38 but averaged (.90 + .35) / 2 = .625 and
+  # (.80 + .38) / 2 = .59: Vizier stops A (.40 < median .6075); Optuna keeps it
+  # (.40 > median(.35, .38) = .365). B: best .90 > median(.35, .59) = .47; C: .80 > .4925.
+  v = np.array([[0.30, 0.90, 0.80], [0.40, 0.35, 0.38]])
+  live = np.ones(3, bool)
+  assert pruning.parse('median').decide(v, live, True).tolist() == [True, False, False]
+  assert pruning.parse('median:rule=optuna').decide(v, live, True).tolist() == [False] * 3
+  # members stopped earlier (NaN at the evaluation) are not among the others; equal to the
+  # median is not strictly worse
+  v = np.array([[0.5, 0.2, 0.9, 0.1], [0.6, 0.4, np.nan, 0.3]])
+  # m1: best .4 vs median of m0's .55 and m3's .2 = .375 -> goes on; m3: .3 vs (.55 + .3) / 2
+  # = .425 -> stopped; m0 -> goes on
+  assert pruning.parse('median').decide(v, np.array([1, 1, 0, 1], bool), True).tolist() == \
+      [False, False, False, True]
+  # m0: best .5 = median of the averages .5, .25, .875 (exact in binary): goes on; at .49 stopped
+  tie = np.array([[0.125, 0.25, 0.125, 1.0], [0.5, 0.75, 0.375, 0.75]])
+  assert not pruning.parse('median').decide(tie, np.ones(4, bool), True)[0]
+  tie[1, 0] = 0.49
+  assert pruning.parse('median').decide(tie, np.ones(4, bool), True)[0]
