@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
       # | 'asha[:eta=E,min=M]' | 'hyperband[:eta=E,min=M,brackets=B]'
       prune='',
       # population-based training (research/pbt.py): '' | 'every=E,fraction=F,keys=optim.lr'
+      # [',explore=perturb|resample,resample_p=P']
       pbt='',
       progress=True,
       # seconds without a finished epoch or evaluation before the run dumps every thread's

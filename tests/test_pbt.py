@@ -70,9 +70,71 @@ def test_decide_is_truncation_selection():
   assert moves == p.decide(values, np.ones(8, bool), True, 0, 1)  # reproducible
 
 
+def test_resample_draws_from_the_initial_range_with_probability_p():
+  ranges = {'optim.lr': (1e-4, 1e-1), 'train.input_noise': (0.0, 0.5)}
+  values = np.arange(8, dtype=float)
+  live = np.ones(8, bool)
+  keys = ('optim.lr', 'train.input_noise')
+  always = pbt_lib.parse('every=1,keys=optim.lr+train.input_noise,explore=resample,resample_p=1')
+  never = pbt_lib.parse('every=1,keys=optim.lr+train.input_noise,explore=resample,resample_p=0')
+  assert (always.explore, always.resample_p, always.keys) == ('resample', 1.0, keys)
+  draws = {k: [] for k in keys}
+  for epoch in range(500):
+    for _, _, changes in always.decide(values, live, True, 0, epoch, ranges):
+      for k, (how, x) in changes.items():
+        assert how == 'resample' and ranges[k][0] <= x <= ranges[k][1]
+        draws[k].append(x)
+    for _, _, changes in never.decide(values, live, True, 0, epoch, ranges):
+      assert all(how == 'perturb' and x in (0.8, 1.2) for how, x in changes.values())
+  lr, noise = np.log10(draws['optim.lr']), np.asarray(draws['train.input_noise'])
+  # log-uniform over 1e-4..1e-1: log10 uniform on [-4, -1] (mean -2.5, std 3 / sqrt 12);
+  # a lower end of 0: uniform on [0, 0.5] (mean 0.25, std 0.5 / sqrt 12)
+  assert abs(lr.mean() + 2.5) < 0.1 and abs(lr.std() - 3 / 12 ** 0.5) < 0.06
+  assert abs(noise.mean() - 0.25) < 0.02 and abs(noise.std() - 0.5 / 12 ** 0.5) < 0.02
+  # resample_p = 0.25: a quarter of the explored values are drawn anew
+  quarter = pbt_lib.parse('every=1,explore=resample')
+  assert quarter.resample_p == 0.25
+  hows = [how for epoch in range(1000)
+          for _, _, ch in quarter.decide(values, live, True, 7, epoch, ranges)
+          for how, _ in ch.values()]
+  assert abs(hows.count('resample') / len(hows) - 0.25) < 0.03
+  # deterministic from (seed, epoch)
+  assert quarter.decide(values, live, True, 7, 3, ranges) == \
+      quarter.decide(values, live, True, 7, 3, ranges)
+  assert always.decide(values, live, True, 7, 3, ranges) != \
+      always.decide(values, live, True, 7, 4, ranges)
+  assert always.decide(values, live, True, 7, 3, ranges) != \
+      always.decide(values, live, True, 8, 3, ranges)
+
+
+def test_resampling_run_logs_values_from_the_initial_range(tmp_path):
+  out = train_and_evaluate(
+      config(**{'train.pbt': 'every=1,keys=optim.lr,explore=resample,resample_p=0.5',
+                'train.epochs': 5}), tmp_path / 'run')
+  log = sorted((e for m in out['members'] for e in m['pbt']), key=lambda e: e['epoch'])
+  assert [e['epoch'] for e in log] == [1, 2, 3, 4]
+  hows = [e['explore']['optim.lr'] for e in log]
+  assert set(hows) == {'perturb', 'resample'}, hows  # this seed draws both
+  lr = {m['member']: m['hparams']['optim.lr'] for m in out['members']}
+  for e in log:
+    new, donor = e['hparams']['optim.lr'], e['donor_hparams']['optim.lr']
+    assert donor == pytest.approx(lr[e['from']], rel=1e-6) and \
+        e['before']['optim.lr'] == pytest.approx(lr[e['member']], rel=1e-6)
+    if e['explore']['optim.lr'] == 'resample':
+      assert 1e-3 * (1 - 1e-6) <= new <= 0.3 * (1 + 1e-6) and e['factors'] == {}
+    else:
+      assert new == pytest.approx(donor * e['factors']['optim.lr'], rel=1e-6)
+    lr[e['member']] = new
+  assert {m['member']: m['final_hparams']['optim.lr'] for m in out['members']} == \
+      pytest.approx(lr)
+
+
 @pytest.mark.parametrize('spec, match', [
     ('every=0', 'every >= 1'), ('fraction=0.9', 'fraction <= 0.5'),
     ('keys=task.beta', 'cannot be explored'), ('evry=2', 'expected every=E'),
+    ('explore=random', 'explore must be perturb or resample'),
+    ('resample_p=0.5', 'resample_p needs explore=resample'),
+    ('explore=resample,resample_p=2', '0 <= resample_p <= 1'),
 ])
 def test_bad_pbt_specs_are_one_line_errors(tmp_path, spec, match):
   with pytest.raises(ValueError, match=match):
