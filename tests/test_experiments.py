@@ -406,3 +406,6 @@ def test_pbt_study_smoke_compares_the_same_population_with_and_without_pbt(tmp_p
   assert [m['hparams'] for m in plain['members']] == [m['hparams'] for m in pbt['members']]
   assert any(m['pbt'] for m in pbt['members'])
   assert 'PBT every' in (tmp_path / 'pbt' / 'report.md').read_text()
+  assert '(pbt.png)' in (tmp_path / 'pbt' / 'report.md').read_text()
+  assert (tmp_path / 'pbt' / 'pbt.png').stat().st_size > 10_000
+  assert pbt['pbt_lineage'] and all(m['hparams_trajectory'] for m in pbt['members'])

@@ -46,6 +46,38 @@ def test_exploit_and_explore_follow_the_rule(run):
       pytest.approx(lr)
 
 
+def test_results_hold_lineage_and_trajectories_consistent_with_the_moves_and_pbt_png(run):
+  root, out = run
+  recs = [json.loads(l) for l in (root / 'run/metrics.jsonl').read_text().splitlines()]
+  lineage = out['pbt_lineage']
+  assert lineage == sorted((e for m in out['members'] for e in m['pbt']),
+                           key=lambda e: (e['epoch'], e['member']))
+  spe = out['steps_per_epoch']
+  assert [(e['epoch'], e['step']) for e in lineage] == [(2, 2 * spe), (4, 4 * spe)]
+  traj = {m['member']: {t['epoch']: t['optim.lr'] for t in m['hparams_trajectory']}
+          for m in out['members']}
+  epochs = sorted({r['epoch'] for r in recs})
+  for m in out['members']:
+    i = m['member']
+    assert sorted(traj[i]) == epochs  # every evaluation
+    assert traj[i][epochs[0]] == pytest.approx(m['hparams']['optim.lr'], rel=1e-6)
+    assert traj[i][epochs[-1]] == pytest.approx(m['final_hparams']['optim.lr'], rel=1e-6)
+    moved = {e['epoch'] for e in m['pbt']}
+    for a, b in zip(epochs, epochs[1:]):  # the value changes only after a move
+      assert (traj[i][a] != traj[i][b]) == (a in moved), (i, a)
+  for e in lineage:
+    receiver, donor, t = e['member'], e['from'], e['epoch']
+    factor = e['factors']['optim.lr']
+    assert factor in (0.8, 1.2) and e['explore'] == {'optim.lr': 'perturb'}
+    # after the move the receiver trains with the donor's value times the factor
+    assert traj[receiver][t + 1] == pytest.approx(traj[donor][t] * factor, rel=1e-6)
+    assert e['before']['optim.lr'] == traj[receiver][t]
+  # the records carry the same values the trajectories were read from
+  assert all(r['pbt_hparams']['optim.lr'] == traj[r['member']][r['epoch']] for r in recs)
+  png = root / 'run/pbt.png'
+  assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b'\x89PNG'
+
+
 def test_resumed_pbt_run_equals_uninterrupted(run):
   root, out = run
   work = root / 'resumed'

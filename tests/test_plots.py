@@ -14,7 +14,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from research.analysis import curves
+from research.analysis import curves, lineage
 from research.experiments import bptt, forecast, lstm_variants, vae_optimizers, vae_tradeoff
 from research.sweep import report
 
@@ -175,6 +175,25 @@ def _forecast_fig(path=None):
   return forecast.plot_forecasts('airline', info, fc, path)
 
 
+def _pbt_fig(path=None):
+  """Three members over four evaluations; member 2 copies member 0 after epoch 2 (lr x 1.2)
+  and member 1 copies member 0 after epoch 3 (lr resampled)."""
+  lr = {0: [0.1, 0.1, 0.1, 0.1], 1: [1e-3, 1e-3, 1e-3, 0.02], 2: [0.3, 0.3, 0.12, 0.12]}
+  members = [{'member': i, 'final_hparams': {'optim.lr': v[-1]},
+              'hparams_trajectory': [{'epoch': e + 1, 'step': 10 * (e + 1), 'optim.lr': x}
+                                     for e, x in enumerate(v)]} for i, v in lr.items()]
+  moves = [{'epoch': 2, 'step': 20, 'member': 2, 'from': 0, 'hparams': {'optim.lr': 0.12},
+            'donor_hparams': {'optim.lr': 0.1}, 'before': {'optim.lr': 0.3},
+            'explore': {'optim.lr': 'perturb'}, 'factors': {'optim.lr': 1.2}},
+           {'epoch': 3, 'step': 30, 'member': 1, 'from': 0, 'hparams': {'optim.lr': 0.02},
+            'donor_hparams': {'optim.lr': 0.1}, 'before': {'optim.lr': 1e-3},
+            'explore': {'optim.lr': 'resample'}, 'factors': {}}]
+  records = [{'epoch': e + 1, 'member': i, 'val/accuracy': 0.5 + 0.1 * e - 0.1 * i}
+             for i in lr for e in range(4)]
+  out = {'members': members, 'pbt_lineage': moves, 'select_metric': 'val/accuracy'}
+  return lineage.plot_pbt(out, records, path)
+
+
 # Every plot function of the lab that draws a chart: (its name, how the test draws it).
 FIGURES = {
     'research.analysis.curves.plot_curves': _curves_fig,
@@ -188,6 +207,7 @@ FIGURES = {
     'research.experiments.bptt._plot_success': lambda tmp_path, path=None: _success_fig(path),
     'research.experiments.forecast.plot_forecasts':
         lambda tmp_path, path=None: _forecast_fig(path),
+    'research.analysis.lineage.plot_pbt': lambda tmp_path, path=None: _pbt_fig(path),
 }
 
 
@@ -208,7 +228,8 @@ def test_every_plot_function_is_walked():
   import research.analysis.curves as m_curves
   import research.experiments.bptt as m_bptt
   found = set()
-  for mod in (m_curves, report, vae_tradeoff, vae_optimizers, lstm_variants, m_bptt, forecast):
+  for mod in (m_curves, report, vae_tradeoff, vae_optimizers, lstm_variants, m_bptt, forecast,
+              lineage):
     for fname, f in inspect.getmembers(mod, inspect.isfunction):
       if f.__module__ == mod.__name__ and fname != 'new_figure' and \
           'new_figure(' in inspect.getsource(f):
@@ -301,3 +322,19 @@ def test_success_legend_names_cells_missing_from_the_last_panel():
   texts = _legend_texts(fig.axes[-1])
   assert 'LSTM, clip 1' in texts and 'LSTM, no clip' in texts
   assert not any(l.get_label().startswith('LSTM') for l in fig.axes[-1].get_lines())
+
+
+def test_pbt_plot_draws_every_member_and_every_copy():
+  fig = _pbt_fig()
+  lr_ax, metric_ax = fig.axes
+  assert lr_ax.get_yscale() == 'log' and 'learning rate' in lr_ax.get_ylabel()
+  named = {l.get_label(): l for l in lr_ax.get_lines()}
+  assert {'member 0', 'member 1', 'member 2'} <= set(named)
+  np.testing.assert_allclose(named['member 2'].get_ydata(), [0.3, 0.3, 0.12, 0.12])
+  assert named['member 2'].get_drawstyle() == 'steps-pre'
+  copies = [l for l in lr_ax.get_lines() if l.get_linestyle() == '--']
+  # donor's value -> receiver's new value, at the epoch of the copy
+  assert [(list(l.get_xdata()), list(l.get_ydata())) for l in copies] == \
+      [([2, 2], [0.1, 0.12]), ([3, 3], [0.1, 0.02])]
+  assert len([l for l in metric_ax.get_lines() if l.get_linestyle() == '--']) == 2
+  assert _is_integer(metric_ax.xaxis) and metric_ax.get_xlabel() == 'epoch'

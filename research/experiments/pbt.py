@@ -11,10 +11,13 @@ population, which is random search over the learning rate, and once with PBT
 ``every`` evaluations, the learning rate scaled by 0.8 or 1.2), both as one
 compiled program, for several populations. Reported: the validation accuracy of
 each arm's best member, the test accuracy of that member (selected on
-validation), and the learning rates PBT ends with.
+validation), and the learning rates PBT ends with; ``pbt.png`` (population 0)
+shows every member's learning rate per epoch, the copies, and its validation
+accuracy.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -75,6 +78,12 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
   curves.plot_curves(dirs, 'val/accuracy', workdir / 'curves.png',
                      title='MNIST-1D validation accuracy, population 0 (mean ± std over members)',
                      scale=100)
+  # population 0's schedules, copies and validation curves (train.py draws pbt.png)
+  images = {'validation curves': 'curves.png'}
+  if (dirs['PBT'] / 'pbt.png').exists():
+    shutil.copyfile(dirs['PBT'] / 'pbt.png', workdir / 'pbt.png')
+    images['PBT, population 0: learning rate per member, copies and validation accuracy'] = \
+        'pbt.png'
   out = results.write(workdir / 'results.json', 'pbt', rows, budget=budget, wall_time_s=wall,
                       arms={a: {k: [float(x) for x in v] for k, v in d.items()}
                             for a, d in found.items()})
@@ -87,6 +96,6 @@ def run(workdir: str | Path, budget: str = 'full') -> dict:
       f'{b["every"]} evaluations (worst quarter copies the best quarter, lr x 0.8 or 1.2). '
       'Accuracies in %: the best member by validation accuracy, and its test accuracy.',
       [table, f'Learning rate of PBT\'s best member at the end, per population: {lr_line}.'],
-      {'validation curves': 'curves.png'}, wall)
+      images, wall)
   print(table)
   return out
