@@ -36,7 +36,9 @@ _BATCH = flags.DEFINE_integer('population_size', 8,
                               'Trials asked at a time; they train in the populations the cost '
                               'model finds fastest (optimizer rules and widths mix; batch size, '
                               'depth... need their own).')
-_STORAGE = flags.DEFINE_string('storage', 'journal', "'journal', 'sqlite' or an SQLAlchemy URL.")
+_STORAGE = flags.DEFINE_string(
+    'storage', 'journal', "'journal', 'sqlite' or an SQLAlchemy URL (postgresql://user:pw@host/db: "
+    "pip install '.[postgres]', docs/scaling_out_postgres.md).")
 _STUDY = flags.DEFINE_string('study_name', 'sweep', 'Optuna study name inside the storage.')
 _HEARTBEAT = flags.DEFINE_integer(
     'heartbeat_s', 60, 'With sqlite or a URL storage: seconds between trial heartbeats; a trial '

@@ -4,7 +4,8 @@
 
 * **Study and storage.** One Optuna study in a storage (default: a journal
   file ``workdir/optuna.journal``; ``'sqlite'``: ``workdir/optuna.db``; or any
-  SQLAlchemy URL such as ``postgresql://...`` shared by several machines).
+  SQLAlchemy URL such as ``postgresql://...`` shared by several machines; the
+  ``postgres`` extra installs its driver, docs/scaling_out_postgres.md).
   The study records its method, space, budget and base config; a re-run with
   different ones is refused with the differing item named.
 * **Methods.** ``grid`` and ``random`` are planned: when the study is
@@ -108,7 +109,9 @@ def make_storage(storage: str | None, workdir: Path, heartbeat_s: int = 0):
 
   ``heartbeat_s > 0`` turns on Optuna's trial heartbeats for the RDB storages
   (sqlite and URLs): a trial silent for ``3 * heartbeat_s`` is stale and retried.
-  The journal file has none; its workers share the workdir's locks instead."""
+  The journal file has none; its workers share the workdir's locks instead.
+  An RDB storage connects here: a missing driver is an ImportError naming its
+  package, an unreachable database a ValueError (one line each, no password)."""
   if storage in (None, '', 'journal'):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     return JournalStorage(JournalFileBackend(str(workdir / 'optuna.journal')))
@@ -116,16 +119,64 @@ def make_storage(storage: str | None, workdir: Path, heartbeat_s: int = 0):
     storage = f'sqlite:///{(workdir / "optuna.db").absolute()}'
   elif '://' not in storage:
     raise ValueError(f"--storage must be 'journal', 'sqlite' or an SQLAlchemy URL, got {storage!r}")
-  if heartbeat_s <= 0:
-    return storage
-  # Optuna calls heartbeats 'experimental' and warns that they are meant for
-  # Study.optimize; we record them ourselves around ask/tell (`_heartbeats`).
-  warnings.filterwarnings('ignore', 'Heartbeat of storage is supposed', UserWarning)
+  else:
+    storage = _with_driver(storage)
+  kw = {}
+  if heartbeat_s > 0:
+    # Optuna calls heartbeats 'experimental' and warns that they are meant for
+    # Study.optimize; we record them ourselves around ask/tell (`_heartbeats`).
+    warnings.filterwarnings('ignore', 'Heartbeat of storage is supposed', UserWarning)
+    kw = dict(heartbeat_interval=int(heartbeat_s), grace_period=3 * int(heartbeat_s),
+              heartbeat_stale_trial_callback=_requeue_stale)
+  import sqlalchemy.exc
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-    return optuna.storages.RDBStorage(storage, heartbeat_interval=int(heartbeat_s),
-                                      grace_period=3 * int(heartbeat_s),
-                                      heartbeat_stale_trial_callback=_requeue_stale)
+    try:
+      return optuna.storages.RDBStorage(storage, **kw)  # connects (and creates the tables)
+    except sqlalchemy.exc.OperationalError as e:  # unreachable server, wrong user or database
+      from sqlalchemy.engine import make_url
+      where = make_url(storage).render_as_string(hide_password=True)
+      reason = ' '.join(str(getattr(e, 'orig', None) or e).split())
+      raise ValueError(f'--storage={where}: cannot connect: {reason}') from None
+
+
+# What to install for a database driver SQLAlchemy names (its dialect's driver).
+_DRIVER_PIP = {'psycopg': "pip install 'research[postgres]' (or: pip install 'psycopg[binary]')",
+               'psycopg2': 'pip install psycopg2-binary', 'pg8000': 'pip install pg8000',
+               'mysqldb': 'pip install mysqlclient', 'pymysql': 'pip install pymysql'}
+
+
+def _with_driver(url: str) -> str:
+  """``url`` with an importable database driver, else an ImportError naming the package.
+
+  A bare ``postgresql://`` URL means SQLAlchemy's default driver (psycopg 3 from
+  SQLAlchemy 2.1 on, psycopg2 before); when that one is missing and psycopg 3 (the
+  ``postgres`` extra) is installed, the URL becomes ``postgresql+psycopg://``."""
+  import sqlalchemy.exc
+  from sqlalchemy.engine import make_url
+  try:
+    u = make_url(url)
+    dialect = u.get_dialect()
+  except sqlalchemy.exc.NoSuchModuleError:
+    hint = " (PostgreSQL's is 'postgresql://')" if url.startswith('postgres:') else ''
+    name = url.split(':')[0]
+    raise ValueError(f'--storage: SQLAlchemy knows no database {name!r}{hint}') from None
+  except sqlalchemy.exc.ArgumentError as e:
+    raise ValueError(f'--storage: not an SQLAlchemy URL: {e}') from None
+  try:
+    dialect.import_dbapi()
+    return url
+  except ImportError as e:
+    missing = e.name or dialect.driver
+  if u.get_backend_name() == 'postgresql' and '+' not in u.drivername:
+    try:
+      import psycopg  # noqa: F401
+      return u.set(drivername='postgresql+psycopg').render_as_string(hide_password=False)
+    except ImportError:
+      pass
+  pip = _DRIVER_PIP.get(dialect.driver, f'pip install {missing}')
+  raise ImportError(f'--storage={u.drivername}://...: the database driver {missing!r} is not '
+                    f'installed: {pip}')
 
 
 @contextlib.contextmanager
