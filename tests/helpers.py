@@ -54,3 +54,28 @@ def run_train(workdir: Path | str, *extra: Any, env: dict | None = None,
   """Runs `train_command` to the end, from the repository root."""
   return subprocess.run(train_command(workdir, *extra), capture_output=True, text=True, cwd=REPO,
                         env=env, timeout=timeout)
+
+
+def kill_when_checkpointed(workdir: Path | str, step: int, *extra: Any, env: dict | None = None,
+                           timeout: float = 180) -> None:
+  """Starts `train_command(workdir, *extra)` and kills it with SIGKILL as soon as its
+  checkpoint ``step`` is complete (Orbax renames a finished checkpoint into place, so the
+  directory appearing is the moment the step is saved). Fails if the run ended first."""
+  import signal
+  import time
+  proc = subprocess.Popen(train_command(workdir, *extra), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, cwd=REPO, env=env)
+  target = Path(workdir) / 'checkpoints' / str(step)
+  deadline = time.time() + timeout
+  try:
+    while proc.poll() is None and not target.exists() and time.time() < deadline:
+      time.sleep(0.002)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert target.exists(), f'no checkpoint {step} within {timeout} s: {err.decode()[-2000:]}'
+  assert running, 'the run finished before it could be killed; make it longer'
+  assert not (Path(workdir) / 'results.json').exists()
