@@ -32,6 +32,10 @@ Cases:
   ``step_overhead_s`` and ``flops_per_s`` (`research.structure.COST`) to the
   seconds per step of programs of K = 1, 2, 4, ... members of one structure at
   a few widths (and, per width, the same fit on that width's points alone).
+* ``stream`` (`stream_case`): one config's training epoch with the training
+  split on the device against the same epoch streamed from host memory
+  (``data.stream``, `research.stream`); examples per second of each, their
+  ratio, and a check that both end bit-identical.
 
 GFLOP/s counts the matmuls only: forward ``2 T B (D + H) G H`` for G gate blocks
 (LSTM 4, GRU 3, Elman 1) plus the head; a training step is 3x the forward
@@ -808,3 +812,66 @@ def fit_cost(points: list[dict[str, Any]]) -> dict[str, Any]:
         'flops_per_s': float(1.0 / b3) if b3 > 0 else float('inf'),
         'max_rel_residual': worst3}
   return out
+
+
+# ---- streamed against device-resident input (`research.stream`) ----
+
+STREAM_CONFIG = 'configs/mnist1d.py:model=cnn'
+
+
+def stream_case(config: str = STREAM_CONFIG, rounds: int = 10, chunk: int = 0,
+                max_seconds: float | None = None, overrides: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+  """One config's training epoch with the split on the device (``data.stream=False``)
+  and streamed from the host (``True``, `research.stream`), interleaved in this
+  process: each round runs one epoch of each, waited for as the training loop waits
+  (``block_until_ready``); the first epoch of each (compilation) is untimed. Both
+  start from the same initial state and run the same epochs, so their final states
+  must be bit-identical (``equal``). ``config``: ``path[:arg]``; ``overrides``:
+  dotted keys set on it (e.g. ``{'data.num_samples': 500}``)."""
+  from research import cli, configlib, train
+  path, _, arg = config.partition(':')
+  progs, fns = {}, {}
+  for name, stream in (('resident', False), ('streamed', True)):
+    c = cli.load_config(path if os.path.isabs(path) else os.path.join(_REPO, path), arg or None)
+    configlib.with_values(c, {'train.progress': False, **(overrides or {}),
+                              'data.stream': stream, 'data.stream_chunk': chunk})
+    t0 = time.perf_counter()
+    run = train.setup(c)
+    box = {'state': run.init_state(), 'metrics': None}
+    jax.block_until_ready(box['state'])
+    setup_s = time.perf_counter() - t0
+
+    def one_epoch(run=run, box=box):
+      box['state'], box['metrics'] = run.trainer.train_epoch(box['state'], run.hp,
+                                                              run.train_data)
+      jax.block_until_ready((box['state'].step, box['metrics']))
+
+    t0 = time.perf_counter()
+    one_epoch()
+    first = time.perf_counter() - t0
+    progs[name] = {'run': run, 'box': box, 'setup_s': setup_s, 'first_epoch_s': first}
+    fns[name] = one_epoch
+  timing = time_interleaved(fns, rounds, max_seconds)
+  res = progs['resident']['run']
+  t = res.trainer
+  examples = len(res.members) * t.steps_per_epoch * t.batch_size
+  candidates = {}
+  for name, p in progs.items():
+    s = timing[name]
+    candidates[name] = {'median_ms': s['median_ms'], 'min_ms': s['min_ms'],
+                        'cpu_ms': s['cpu_ms'], 'rounds': s['rounds'],
+                        'examples_per_s': examples / (s['median_ms'] / 1e3),
+                        'setup_s': p['setup_s'], 'first_epoch_s': p['first_epoch_s']}
+  a = jax.tree.leaves(jax.device_get(progs['resident']['box']))
+  b = jax.tree.leaves(jax.device_get(progs['streamed']['box']))
+  equal = len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                   for x, y in zip(a, b))
+  ratio = candidates['streamed']['examples_per_s'] / candidates['resident']['examples_per_s']
+  return {'case': f'stream {res.config.experiment}', 'config': config,
+          'overrides': dict(overrides or {}), 'members': len(res.members),
+          'steps_per_epoch': t.steps_per_epoch, 'batch_size': t.batch_size,
+          'chunk': progs['streamed']['run'].trainer.stream_chunk,
+          'train_examples': t.n_train, 'mesh': res.layout.record(),
+          'candidates': candidates, 'ratio': ratio, 'equal': bool(equal),
+          'epochs_each': 1 + timing['resident']['rounds']}

@@ -4,6 +4,7 @@ runs, and populations of mixed structure as one program against one program per 
   python scripts/benchmark.py --workdir=runs/bench                 # layers, ~10 min on 2 cores
   python scripts/benchmark.py --workdir=runs/b --cells=lstm --modes=train --population_members=8
   python scripts/benchmark.py --workdir=runs/p --benchmark=calibrate,programs
+  python scripts/benchmark.py --workdir=runs/s --benchmark=stream --matmul=0
 
 ``--benchmark`` picks what runs: ``layers`` (the default: the matmul, the recurrent
 layers and the vmapped populations), ``programs`` (a population of LSTM variants x
@@ -11,7 +12,10 @@ hidden sizes x seeds trained as one program, as one program per structure and as
 cost model groups it; member-steps per second, compile times, a check that every
 member's losses agree) and ``calibrate`` (fits `research.structure.COST` for this
 backend and prints the line to paste; with ``programs`` in the same run, the cost
-model's grouping under the fitted constants is timed as well).
+model's grouping under the fitted constants is timed as well), ``stream`` (the
+MNIST-1D CNN's training epoch with the split on the device against the same epoch
+streamed from host memory, ``data.stream``; headline ``stream_ratio``, streamed /
+resident examples per second).
 
 Writes W/results.json (the shared schema; headline rows: metric ``ratio_to_torch``
 for the LSTM and GRU training steps, ``population_speedup`` for K = 8,
@@ -43,7 +47,7 @@ from research import benchmark as bm  # noqa: E402
 from research import cli, results  # noqa: E402
 from research.models.cells import LSTM_VARIANTS  # noqa: E402
 
-BENCHMARKS = ('layers', 'programs', 'calibrate')
+BENCHMARKS = ('layers', 'programs', 'calibrate', 'stream')
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (results.json, report.md).')
 _CELLS = flags.DEFINE_list('cells', ['lstm', 'gru'], f'Cells to time: {", ".join(bm.CELLS)}.')
@@ -118,6 +122,13 @@ _CAL_HIDDEN = flags.DEFINE_list('calibrate_hidden', ['16', '32', '64'],
                                 'Widths of the calibration.')
 _CAL_MEMBERS = flags.DEFINE_list('calibrate_members', ['1', '2', '4', '8', '16'],
                                  'Member counts K of the calibration (per width).')
+_STREAM_CONFIG = flags.DEFINE_string('stream_config', bm.STREAM_CONFIG,
+                                     'stream: the config (path[:arg]) trained both ways.')
+_STREAM_ROUNDS = flags.DEFINE_integer('stream_rounds', 10,
+                                      'stream: interleaved rounds (one epoch of each).',
+                                      lower_bound=1)
+_STREAM_CHUNK = flags.DEFINE_integer('stream_chunk', 0,
+                                     'stream: data.stream_chunk (0: automatic).', lower_bound=0)
 flags.DEFINE_integer('cpu_devices', 0, 'CPU devices (0: one per core). Read before JAX starts.',
                      lower_bound=0)
 flags.DEFINE_bool('passive_omp', True, 'OMP_WAIT_POLICY=PASSIVE for PyTorch (read before start).')
@@ -178,7 +189,8 @@ _OWN = {'workdir', 'cells', 'lstm_variants', 'modes', 'references', 'torch_threa
         'passive_omp', 'benchmark', 'programs_data', 'programs_music_path', 'programs_variants',
         'programs_hidden', 'programs_seeds', 'programs_batch', 'programs_length',
         'programs_steps', 'programs_rounds', 'programs_warmup', 'programs_rtol',
-        'programs_fitted_cost', 'programs_candidates', 'calibrate_hidden', 'calibrate_members'}
+        'programs_fitted_cost', 'programs_candidates', 'calibrate_hidden', 'calibrate_members',
+        'stream_config', 'stream_rounds', 'stream_chunk'}
 
 
 def main(argv):
@@ -199,7 +211,7 @@ def main(argv):
     logging.warning('PyTorch is not importable: no torch references (pip install -e ".[torch]")')
 
   out = {'matmul': None, 'recurrent': [], 'population': [], 'programs': None,
-         'calibration': None}
+         'calibration': None, 'stream': None}
   which = set(_BENCHMARK.value)
   if _MATMUL.value:
     out['matmul'] = bm.matmul_case(_MATMUL.value, min(_ROUNDS.value, 10))
@@ -208,6 +220,12 @@ def main(argv):
     run_programs(out, which)
   if 'layers' in which:
     run_layers(out, shape, threads, refs)
+  if 'stream' in which:
+    out['stream'] = s = bm.stream_case(_STREAM_CONFIG.value, _STREAM_ROUNDS.value,
+                                       _STREAM_CHUNK.value, _MAX_SECONDS.value)
+    logging.info('stream: %.0f examples/s streamed, %.0f resident, ratio %.3f, equal %s',
+                 s['candidates']['streamed']['examples_per_s'],
+                 s['candidates']['resident']['examples_per_s'], s['ratio'], s['equal'])
   env['load_avg_end'] = list(os.getloadavg())
   rows = summary_rows(out, threads[0] if threads else None)
   results.write(workdir / 'results.json', 'benchmark', rows, environment=env,
@@ -312,6 +330,15 @@ def summary_rows(out, headline_threads):
       if name != 'separate':
         rows.append(_row(f'programs: {name} vs separate', 'mixed_vs_separate',
                          r['speed_vs_separate'], r['rounds'], src))
+  s = out['stream']
+  if s:
+    src = ('scripts/benchmark.py --benchmark=stream (median epoch time of interleaved '
+           f'rounds; {s["config"]}, {s["members"]} members)')
+    for name, r in s['candidates'].items():
+      rows.append(_row(f'{s["case"]}: {name}', 'examples_per_s', r['examples_per_s'],
+                       r['rounds'], src))
+    rows.append(_row(f'{s["case"]} (streamed / resident)', 'stream_ratio', s['ratio'],
+                     s['candidates']['streamed']['rounds'], src + '; target >= 0.8'))
   c = out['calibration']
   if c:
     src = 'scripts/benchmark.py --benchmark=calibrate (least squares over the programs)'
@@ -372,8 +399,10 @@ def markdown(out, env, rows) -> str:
     lines += calibration_markdown(out['calibration'])
   if out['programs']:
     lines += programs_markdown(out['programs'])
+  if out['stream']:
+    lines += stream_markdown(out['stream'])
   head = [r for r in rows if r['metric'] in ('ratio_to_torch', 'population_speedup',
-                                             'mixed_vs_separate')]
+                                             'mixed_vs_separate', 'stream_ratio')]
   if head:
     lines += ['Headline rows (results.json):', '', results.markdown_table(head), '']
   return '\n'.join(lines)
@@ -417,6 +446,24 @@ def programs_markdown(p) -> list[str]:
             + ', '.join(f'{n}: member {w}' for n, w in worst.items()) + '). '
             f'First epoch equal within rtol {p["rtol"]:g}: '
             f'{"yes" if p["losses_match"] else "NO"}.', '']
+  return lines
+
+
+def stream_markdown(s) -> list[str]:
+  m = s['mesh']
+  lines = [f'Streaming input: {s["config"]}, {s["members"]} members, {s["steps_per_epoch"]} '
+           f'steps of {s["batch_size"]} per epoch ({s["train_examples"]} training examples), '
+           f'chunks of {s["chunk"]} steps, a {m["member"]} x {m["data"]} (member x data) '
+           f'mesh; median of {s["candidates"]["resident"]["rounds"]} interleaved epochs each '
+           '(first epoch, with compilation, untimed).', '',
+           '| input | ms / epoch | min ms | CPU ms | examples/s | first epoch s |',
+           '|---|---|---|---|---|---|']
+  for name, r in s['candidates'].items():
+    lines.append(f'| {name} | {r["median_ms"]:.1f} | {r["min_ms"]:.1f} | {r["cpu_ms"]:.1f} | '
+                 f'{r["examples_per_s"]:.0f} | {r["first_epoch_s"]:.2f} |')
+  lines += ['', f'Streamed / resident examples per second: **{s["ratio"]:.3f}** (target >= 0.8). '
+            f'Final states after {s["epochs_each"]} epochs each bit-identical: '
+            f'{"yes" if s["equal"] else "NO"}.', '']
   return lines
 
 
