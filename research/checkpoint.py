@@ -102,7 +102,11 @@ class Checkpointer:
         bad.append(step)
         continue
       if bad:
-        moved = [self._move_aside(s) for s in bad]
+        from research import distributed
+        # every process found the same steps unreadable; process 0 moves them
+        moved = ([self._move_aside(s) for s in bad] if distributed.is_writer() else
+                 [self.directory / f'{s}.corrupt' for s in bad])
+        distributed.sync('checkpoints-moved-aside')
         logging.warning('Checkpoint(s) %s unreadable, moved aside to %s; resuming from '
                         'checkpoint %d (%s)', bad, [m.name for m in moved], step,
                         '; '.join(errors))

@@ -20,6 +20,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = ''
   c.data.train_fraction = 1.0  # keep this fraction of the training split (stratified)
+  # stream: keep the training split in host memory and send batches to the devices a
+  # chunk of stream_chunk steps at a time, the next chunk prepared while one trains
+  # (research/stream.py; same numbers as the device-resident split); 0 = automatic
+  c.data.stream = False
+  c.data.stream_chunk = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = ''
@@ -50,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
       # population-based training (research/pbt.py): '' | 'every=E,fraction=F,keys=optim.lr'
       # [',explore=perturb|resample,resample_p=P']
       pbt='',
+      # devices each member's batch is split over (the mesh's 'data' axis,
+      # research/mesh.py); 0 = automatic: the member axis first, devices left over to data
+      data_parallel=0,
       progress=True,
       # seconds without a finished epoch or evaluation before the run dumps every thread's
       # stack to workdir/hang-<time>.txt and exits 75 (research/watchdog.py); 0 = off.

@@ -15,10 +15,10 @@ population state on devices the way the run did. Then
 * ``export_member`` writes one member's Flax variables as msgpack, the run's
   config and a JSON of metadata; ``load_export`` reads them back.
 
-Exactness needs the same member sharding as the run: with several devices the
-run sharded its members over ``results.json['member_sharding']`` of them, and
-`run_sharding` rebuilds that mesh (scripts/evaluate.py starts JAX with enough
-CPU devices for it). It also needs the same XLA options as the run (e.g. the
+Exactness needs the same mesh as the run: with several devices the run sharded
+its members and batches over ``results.json['mesh']`` (member x data), and
+`run_layout` rebuilds that mesh (scripts/evaluate.py starts JAX with enough CPU
+devices for it). It also needs the same XLA options as the run (e.g. the
 tests' ``JAX_DISABLE_MOST_OPTIMIZATIONS``); numbers then agree bit for bit.
 """
 from __future__ import annotations
@@ -107,28 +107,23 @@ def num_members(config: ml_collections.ConfigDict) -> int:
   return len(population.expand(config, make_task(config.task).hparam_keys))
 
 
-def run_sharding(num: int, recorded: int | None):
-  """(member sharding, replicated sharding) as the run had them, or (None, None).
-
-  ``recorded`` is results.json's ``member_sharding``; for a run without
-  results.json (interrupted) it is None and the sharding is the one a run
-  started on this machine would use (`research.train.member_sharding`).
-  """
-  from research.train import member_sharding
-  if recorded is None:
-    return member_sharding(num)
-  if recorded <= 1:
-    return None, None
-  devices = jax.devices()
-  if len(devices) < recorded or num % recorded:
-    logging.warning('The run sharded its %d members over %d devices; %d are available here, '
-                    'so metrics may differ from the run\'s in the last bits', num, recorded,
-                    len(devices))
-    return member_sharding(num)
-  mesh = jax.sharding.Mesh(np.array(devices[:recorded]), ('member',))
-  P = jax.sharding.PartitionSpec
-  return (jax.sharding.NamedSharding(mesh, P('member')),
-          jax.sharding.NamedSharding(mesh, P()))
+def run_layout(config: ml_collections.ConfigDict, results: dict | None):
+  """``(config, devices)``: ``config`` with ``train.data_parallel`` set and the devices
+  over which `research.mesh` rebuilds the mesh the run trained on (results.json's
+  ``mesh``; runs from before the data axis recorded only ``member_sharding`` and
+  had none). Warns when this machine has too few devices for it: metrics may then
+  differ from the run's in the last bits."""
+  results = results or {}
+  recorded = results.get('mesh') or {'member': results.get('member_sharding', 1), 'data': 1}
+  config = ml_collections.ConfigDict(config.to_dict())
+  need = int(recorded['member']) * int(recorded['data'])
+  if need > len(jax.devices()):
+    logging.warning('The run trained on a %d x %d (member x data) mesh; %d device(s) are '
+                    'available here, so metrics may differ from the run\'s in the last bits',
+                    recorded['member'], recorded['data'], len(jax.devices()))
+    return config, None
+  config.train.data_parallel = int(recorded['data'])
+  return config, jax.devices()[:need]
 
 
 @dataclasses.dataclass
@@ -219,12 +214,12 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
   epochs = check_checkpoints(workdir)
   res_path = workdir / 'results.json'
   results = json.loads(res_path.read_text()) if res_path.exists() else None
-  trainer, dataset, members, state = load_trained(config, workdir)
+  layout_config, devices = run_layout(config, results)
+  trainer, dataset, members, state = load_trained(layout_config, workdir, devices)
   # (listed again: an unreadable newest checkpoint may have been moved aside)
   epoch = _restored_epoch(state, trainer.steps_per_epoch, checkpoint_epochs(workdir) or epochs)
-  shard, replicated = run_sharding(len(members), (results or {}).get('member_sharding'))
   # As train_and_evaluate places them: state and hparams sharded by member, data replicated.
-  # (load_trained may hand the state back sharded as this machine would shard it)
+  shard, replicated = trainer.layout.member, trainer.layout.replicated
   put = (lambda x: jax.device_put(x, shard)) if shard else jnp.asarray
   state = jax.device_put(state, shard or jax.devices()[0])
   hp = jax.tree.map(put, population.stack(members))

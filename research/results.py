@@ -49,13 +49,17 @@ def validate(results: dict[str, Any]) -> None:
         raise ValueError(f'results.json row {i}: {key!r} has type {type(r[key]).__name__}')
 
 
-def write(path: str | os.PathLike, experiment: str, rows: list[dict], **extra: Any) -> dict:
-  """Writes results.json atomically; adds ``provenance`` unless ``extra`` has one."""
+def write(path: str | os.PathLike | None, experiment: str, rows: list[dict], **extra: Any) -> dict:
+  """Writes results.json atomically; adds ``provenance`` unless ``extra`` has one.
+  ``path=None`` validates and returns the results without writing (a multi-process
+  run's processes other than 0)."""
   results = {'experiment': experiment, 'rows': rows, **extra}
   if 'provenance' not in results:
     from research import provenance
     results['provenance'] = provenance.collect()
   validate(results)
+  if path is None:
+    return results
   clean, nulls = _finite_or_null(results)
   if nulls:
     clean['null_values'] = (f'{nulls} non-finite number(s) (diverged members, empty groups) '

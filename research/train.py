@@ -19,8 +19,9 @@ over it and jitted once:
   metric (never the test split) and stops members that stopped improving.
 
 The Python loop around them evaluates, logs (``metrics.jsonl``, TensorBoard),
-checkpoints (Orbax) and resumes. With several devices the member axis is
-sharded over them.
+checkpoints (Orbax) and resumes. With several devices the program runs on a
+2-D mesh (`research.mesh`): the member axis is sharded over the ``member``
+devices and each member's batch over the ``data`` devices.
 """
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ import numpy as np
 import optax
 
 from research import checkpoint as ckpt_lib
-from research import augment, configlib, errors, optim, pbt as pbt_lib, population, provenance
+from research import augment, configlib, distributed, errors, mesh as mesh_lib, optim
+from research import pbt as pbt_lib
+from research import population, provenance
 from research import pruning, results
 from research import structure as structure_lib
 from research.data import Dataset, load_dataset
@@ -92,8 +95,10 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset,
                members: list[dict[str, Any]], task: Task,
-               plan: structure_lib.Plan | None = None):
+               plan: structure_lib.Plan | None = None,
+               layout: mesh_lib.Layout = mesh_lib.NONE):
     self.config = config
+    self.layout = layout
     self.task = task
     self.members = members
     self.plan = plan
@@ -129,10 +134,23 @@ class Trainer:
     # member's solo init (tests/test_init_workaround.py); init runs once per run.
     self.init = (self._init_embedded if self.masked else
                  jax.jit(lambda hp: jax.lax.map(self.init_member, hp)))
-    self.train_epoch = jax.jit(jax.vmap(self._train_epoch, in_axes=(0, 0, None)),
+    vmap = layout.vmap  # the member axis is the mesh's 'member' axis
+    self.train_epoch = jax.jit(vmap(self._train_epoch, in_axes=(0, 0, None)),
                                donate_argnums=0)
-    self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, 0, 0, None)))
-    self.update_best = jax.jit(jax.vmap(self._update_best, in_axes=(0, 0, None)))
+    self.evaluate = jax.jit(vmap(self._evaluate, in_axes=(0, 0, 0, None)))
+    self.update_best = jax.jit(vmap(self._update_best, in_axes=(0, 0, None)))
+    # data.stream: the training split stays on the host; `stream_epoch` replaces the
+    # resident epoch and computes the same numbers (research/stream.py)
+    self.n_train = n_train
+    self.stream = bool(config.data.get('stream', False))
+    if self.stream:
+      from research import stream as stream_lib
+      self.stream_chunk = stream_lib.chunk_size(
+          self.steps_per_epoch, config.data.get('stream_chunk', 0) or 0,
+          stream_lib.step_bytes(dataset.train, len(members), self.batch_size))
+      self.shuffle = jax.jit(vmap(self._shuffle))
+      self.train_chunk = jax.jit(vmap(self._train_chunk), donate_argnums=0)
+      self.train_epoch = self.stream_epoch
 
   # ---- per-member pure functions (vmapped above) ----
 
@@ -153,7 +171,7 @@ class Trainer:
     """Each member's variables drawn by its own (solo) model, embedded in the
     program's shapes (`research.structure.Plan.embed`)."""
     plan, K = self.plan, len(self.members)
-    seeds = np.asarray(hp['seed'])
+    seeds = _host(hp['seed'])
     rngs, embedded = [None] * K, [None] * K
     for kind, model in enumerate(plan.own_models):
       idx = [i for i in range(K) if plan.member_kind[i] == kind]
@@ -233,23 +251,60 @@ class Trainer:
     metrics['ok'] = ok
     return state, metrics
 
-  def _train_epoch(self, state: MemberState, hp: dict, data: dict):
-    rng, perm_rng = jax.random.split(state.rng)
-    state = state.replace(rng=rng)
-    n = data['x'].shape[0]
+  def _shuffle(self, rng):
+    """An epoch's shuffle: the member's rng after it and its (steps, bs) example order."""
+    rng, perm_rng = jax.random.split(rng)
     steps, bs = self.steps_per_epoch, self.batch_size
-    order = jax.random.permutation(perm_rng, n)[:steps * bs].reshape(steps, bs)
+    return rng, jax.random.permutation(perm_rng, self.n_train)[:steps * bs].reshape(steps, bs)
+
+  def _train_epoch(self, state: MemberState, hp: dict, data: dict):
+    rng, order = self._shuffle(state.rng)
+    state = state.replace(rng=rng)
 
     def body(state, idx):
-      batch = {k: v[idx] for k, v in data.items()}
+      # each member's batch is split over the mesh's data devices
+      batch = self.layout.shard_batch({k: v[idx] for k, v in data.items()})
       return self.train_step(state, batch, hp)
 
     return jax.lax.scan(body, state, order)
+
+  def _train_chunk(self, state: MemberState, hp: dict, batches: dict):
+    """``train_step`` over a chunk of streamed batches (each leaf (chunk, bs, ...))."""
+    def body(state, batch):
+      return self.train_step(state, self.layout.shard_batch(batch), hp)
+
+    return jax.lax.scan(body, state, batches)
+
+  def stream_epoch(self, state: MemberState, hp: dict, data: dict):
+    """`_train_epoch` with the training split ``data`` in host memory (NumPy):
+    the same shuffle (`_shuffle`), batches gathered on the host and placed on the
+    devices a chunk at a time, the next chunks prepared on a background thread
+    while one trains (research/stream.py). Returns what the resident epoch
+    returns: the state and (K, steps) arrays of per-step metrics."""
+    from research import stream as stream_lib
+    rng, orders = self.shuffle(state.rng)
+    state = state.replace(rng=rng)
+    orders = _host(orders)  # (K, steps, bs)
+    device = None if self.layout.mesh is not None else next(iter(rng.devices()))
+    bounds = stream_lib.chunk_bounds(self.steps_per_epoch, self.stream_chunk)
+    metrics = []
+    chunks = stream_lib.prefetch(
+        lambda b: stream_lib.place(self.layout, data, orders[:, b[0]:b[1]], device), bounds)
+    try:
+      for batches in chunks:
+        state, m = self.train_chunk(state, hp, batches)
+        metrics.append(m)
+    finally:
+      chunks.close()
+    if len(metrics) == 1:
+      return state, metrics[0]
+    return state, jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *metrics)
 
   def _evaluate(self, params, model_state, hp, data: dict):
     """Mean of every per-example value over the split (``data`` is batched
     (nb, ebs, ...) with a weight ``w`` that is 0 on padding)."""
     def body(acc, batch):
+      batch = self.layout.shard_batch(batch, batch['w'].shape[0])
       out, _ = self._apply(params, model_state, batch, False)
       per = self.task.per_example(out, batch, hp)
       w = batch['w'] * per.pop('weight', 1.0)
@@ -296,26 +351,26 @@ def batch_split(split: dict[str, np.ndarray], batch_size: int) -> dict[str, np.n
 
 
 def member_sharding(num_members: int):
-  """Shards the member axis over as many devices as divide it (None on one device)."""
-  devices = jax.devices()
-  d = max(i for i in range(1, len(devices) + 1) if num_members % i == 0)
-  if d == 1:
-    return None, None
-  mesh = jax.sharding.Mesh(np.array(devices[:d]), ('member',))
-  P = jax.sharding.PartitionSpec
-  return (jax.sharding.NamedSharding(mesh, P('member')),
-          jax.sharding.NamedSharding(mesh, P()))
+  """(member sharding, replicated sharding) of a member-only mesh over as many
+  devices as divide ``num_members`` ((None, None) on one device)."""
+  layout = mesh_lib.make_layout(num_members, data_parallel=1)
+  return layout.member, layout.replicated
 
 
 # Keys that change nothing a run computes: a resumed run may set them differently.
-RESUME_MAY_DIFFER = frozenset({'train.progress', 'train.watchdog_s', 'train.compact'})
+# (data.stream: a streamed epoch computes what the device-resident one does, bit for bit)
+RESUME_MAY_DIFFER = frozenset({'train.progress', 'train.watchdog_s', 'train.compact',
+                               'data.stream', 'data.stream_chunk'})
 
 
 def _check_config(workdir: Path, config: ml_collections.ConfigDict, has_checkpoint: bool) -> None:
   """Writes config.json, or checks that a resumed run has the same config.
 
   A workdir without a checkpoint holds no training to resume (e.g. a run that
-  failed on bad input): its config.json is replaced by the new config."""
+  failed on bad input): its config.json is replaced by the new config. In a
+  multi-process run process 0 does this."""
+  if not distributed.is_writer():
+    return
   path = workdir / 'config.json'
   current = json.loads(config.to_json_best_effort())
   if path.exists():
@@ -348,13 +403,16 @@ class _Logger:
 
   def __init__(self, workdir: Path, resume_epoch: int, members: list[dict], varied: list[str]):
     self.path = workdir / 'metrics.jsonl'
+    self.tb = []
+    self.file = None
+    if not distributed.is_writer():  # processes > 0 read process 0's file, write nothing
+      return
     if self.path.exists():  # drop records written after the checkpoint we resume from
       lines = self.path.read_text().splitlines(keepends=True)
       kept = [l for l in lines if l.strip() and json.loads(l)['epoch'] <= resume_epoch]
       if kept != lines:
         self.path.write_text(''.join(l if l.endswith('\n') else l + '\n' for l in kept))
     self.file = self.path.open('a')
-    self.tb = []
     try:
       from tensorboardX import SummaryWriter
       from tensorboardX.summary import hparams
@@ -371,10 +429,15 @@ class _Logger:
 
   def records(self) -> list[dict]:
     """The records kept so far (those of the epochs a resumed run restored)."""
-    self.file.flush()
+    if self.file is not None:
+      self.file.flush()
+    if not self.path.exists():
+      return []
     return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
 
   def write(self, records: list[dict]) -> None:
+    if self.file is None:
+      return
     for r in records:
       self.file.write(json.dumps(r) + '\n')
       if self.tb:
@@ -385,7 +448,7 @@ class _Logger:
     self.file.flush()
 
   def close(self) -> None:
-    closers = [self.file.close] + [w.close for w in self.tb]
+    closers = ([self.file.close] if self.file is not None else []) + [w.close for w in self.tb]
     for close in closers:  # a full disk fails each; one line each, not tracebacks
       try:
         close()
@@ -394,7 +457,7 @@ class _Logger:
 
 
 def _host(tree):
-  return jax.tree.map(np.asarray, jax.device_get(tree))
+  return distributed.host(tree)  # gathers arrays sharded over several processes
 
 
 class _StopSignals:
@@ -453,7 +516,7 @@ class _Progress:
   first (compiling) epoch, so its rate and ETA are those of training."""
 
   def __init__(self, config, patience: int, eval_every: int):
-    self.enabled = bool(config.train.progress)
+    self.enabled = bool(config.train.progress) and distributed.is_writer()
     self.tty = self.enabled and sys.stderr.isatty()
     self.name, self.epochs = config.experiment, int(config.train.epochs)
     self.patience, self.eval_every = patience, eval_every
@@ -501,13 +564,14 @@ class Setup:
   varied: list[str]
   dataset: Dataset
   trainer: Trainer
-  shard: Any
-  n_shards: int
+  shard: Any  # sharding of member-axis arrays (layout.member)
+  n_shards: int  # devices along the member axis
   hp: dict
   train_data: dict
   eval_data: dict
   select_split: str
   plan: structure_lib.Plan | None = None
+  layout: mesh_lib.Layout = mesh_lib.NONE
 
   def member_variables(self, state: MemberState, i: int) -> dict:
     """Member i's best variables in its own shapes: those its solo run would have
@@ -530,9 +594,10 @@ class Setup:
     return state
 
 
-def setup(config: ml_collections.ConfigDict) -> Setup:
+def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
   """Builds task, members, data, model and optimizer and checks that they fit
-  together (an abstract init on the data's shapes); writes nothing."""
+  together (an abstract init on the data's shapes); writes nothing. The mesh is
+  laid over ``devices`` (default: all)."""
   task = make_task(config.task)
   pruning.parse(config.train.get('prune', ''))  # a bad rule fails before anything is written
   compact = config.train.get('compact', 0)
@@ -551,10 +616,17 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     config = structure_lib.member_config(config, members[0], shared)
   dataset = load_dataset(config.data)
   plan = structure_lib.make_plan(config, members, task.hparam_keys, abstract_init(dataset))
-  trainer = Trainer(config, dataset, members, task, plan)
   K = len(members)
-  shard, replicated = member_sharding(K)
-  n_shards = 1 if shard is None else shard.mesh.devices.size
+  layout = mesh_lib.make_layout(K, int(config.train.batch_size),
+                                config.train.get('data_parallel', 0), devices)
+  trainer = Trainer(config, dataset, members, task, plan, layout)
+  shard, replicated, n_shards = layout.member, layout.replicated, layout.members
+  if jax.process_count() > 1 and layout.devices != len(devices or jax.devices()):
+    raise ValueError(
+        f'{jax.process_count()} processes: the mesh must span all {len(jax.devices())} '
+        f'devices, but {K} member(s) and train.batch_size={config.train.batch_size} give a '
+        f'{layout.members} x {layout.data} (member x data) mesh; pick K and the batch size '
+        'so that members x data devices fill the devices (or set train.data_parallel)')
   put = (lambda x: jax.device_put(x, shard)) if shard else jnp.asarray
   put_shared = (lambda x: jax.device_put(x, replicated)) if replicated else jnp.asarray
   host_hp = population.stack(members)
@@ -574,9 +646,14 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   if select_split == 'train':
     logging.warning('No validation split: model selection uses the training split')
     eval_data['train'] = jax.tree.map(put_shared, batch_split(dataset.train, eval_bs))
+  if trainer.stream:  # data.stream: the training split stays in host memory
+    from research import stream as stream_lib
+    train_data = stream_lib.host_split(dataset.train)
+  else:
+    train_data = jax.tree.map(put_shared, dataset.train)
   return Setup(config, task, members, population.varied_keys(members), dataset, trainer,
-               shard, n_shards, hp, jax.tree.map(put_shared, dataset.train), eval_data,
-               select_split, plan)
+               shard, n_shards, hp, train_data, eval_data,
+               select_split, plan, layout)
 
 
 def abstract_init(dataset: Dataset):
@@ -737,13 +814,14 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   compact = float(config.train.get('compact', 0) or 0)
   select = run.select_split
   logger = _Logger(workdir, start_epoch, members, run.varied)
+  distributed.sync('metrics.jsonl')  # others read it after process 0 has trimmed it
   progress = _Progress(config, trainer.patience, eval_every)
   # Wall time and first-epoch time add up over resumed pieces (kept in the checkpoint's meta).
   t_start = time.time() - float(meta.get('train_time_s', 0.0))
   first_epoch_s = meta.get('first_epoch_s', meta.get('compile_time_s'))
   # member-steps the program computed (rows x steps) and an uncompacted one would have
   work = dict(meta.get('member_steps') or {'computed': 0, 'uncompacted': 0})
-  reported = set(np.flatnonzero(np.asarray(state.diverged)).tolist())
+  reported = set(np.flatnonzero(_host(state.diverged)).tolist())
   rows = _Members(run)
   state = rows.compact(state, compact)  # a resumed run leaves its stopped members behind
   pruner = pruning.parse(config.train.get('prune', ''), len(range(eval_every, epochs + 1,
@@ -789,8 +867,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       pruned = np.zeros(len(rows.index), bool)
       if pruner:
         state, pruned = _prune(pruner, state, rows, history, evals[select][run.task.select_metric],
-                               trainer.maximize, done)
-        pruned_at.update({int(j): done for j in rows.index[pruned]})
+                               trainer.maximize, done, pruned_at)
       if pbt:
         evaluations += 1
         if evaluations % pbt.every == 0 and done < epochs:
@@ -804,7 +881,8 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       perf = {'time_s': round(now - t_start, 3),
               'perf/examples_per_s': window_steps * trainer.batch_size * len(rows.index) /
                                      max(now - window_t, 1e-9)}
-      records = _eval_records(done, members, run.varied, train_m, evals, flags, perf, rows.index)
+      records = _eval_records(done, members, run.varied, train_m, evals, flags, perf, rows.index,
+                              (pbt.keys, rows.hp_host, pbt_log) if pbt else None)
       for r, p in zip(records, pruned):
         if p:
           r['pruned'] = True
@@ -840,19 +918,29 @@ def _exploit(pbt, state: MemberState, rows: '_Members', values, maximize: bool, 
   full[rows.index] = np.asarray(values, np.float64)
   alive = np.zeros(rows.K, bool)
   alive[rows.index[live]] = True
-  moves = pbt.decide(full, alive, maximize, seed, done)
+  # explore=resample draws from the population's initial range of each key
+  ranges = {k: (min(float(m[k]) for m in rows.run.members),
+                max(float(m[k]) for m in rows.run.members)) for k in pbt.keys}
+  moves = pbt.decide(full, alive, maximize, seed, done, ranges)
   if not moves:
     return state
   host = jax.tree.map(np.array, _host(state))
   row = {int(j): r for r, j in enumerate(rows.index)}
   copy = lambda tree, b, d: jax.tree.map(lambda a: a.__setitem__(b, a[d]) or a, tree)
-  for b, d, factors in moves:
+  for b, d, changes in moves:
     for name in ('params', 'model_state', 'opt_state'):
       copy(getattr(host, name), row[b], row[d])
-    for k, f in factors.items():
-      rows.hp_host[k][b] = rows.hp_host[k][d] * f
-    log.append({'epoch': done, 'member': b, 'from': d,
-                'hparams': {k: float(rows.hp_host[k][b]) for k in factors}})
+    before = {k: float(rows.hp_host[k][b]) for k in changes}
+    for k, (how, x) in changes.items():
+      rows.hp_host[k][b] = rows.hp_host[k][d] * x if how == 'perturb' else x
+    # the lineage: who copied whom after which epoch (at the donor's step), and how
+    # each explored value came about (donor's value x factor, or resampled)
+    log.append({'epoch': done, 'step': int(host.step[row[d]]), 'member': b, 'from': d,
+                'hparams': {k: float(rows.hp_host[k][b]) for k in changes},
+                'before': before,
+                'donor_hparams': {k: float(rows.hp_host[k][d]) for k in changes},
+                'explore': {k: how for k, (how, _) in changes.items()},
+                'factors': {k: x for k, (how, x) in changes.items() if how == 'perturb'}})
   logging.info('PBT after epoch %d: %s', done,
                '; '.join(f'member {b} <- {d}' for b, d, _ in moves))
   rows.set_hp({})
@@ -865,9 +953,11 @@ def _exploit(pbt, state: MemberState, rows: '_Members', values, maximize: bool, 
 
 
 def _prune(pruner, state: MemberState, rows: '_Members', history: list, values, maximize: bool,
-           done: int):
+           done: int, pruned_at: dict):
   """Appends this evaluation's values (every member; NaN for members off the device)
-  to ``history``, asks ``pruner`` which live members to stop and stops them."""
+  to ``history``, asks ``pruner`` which live members to stop and stops them; each
+  stopped member's record goes to ``pruned_at`` (member -> {'epoch', 'rule', 'rung',
+  'value', ...}, `research.pruning.Pruner.record`; kept in the checkpoint's meta)."""
   full = np.full(rows.K, np.nan)
   full[rows.index] = np.asarray(values, np.float64)
   flags = _host({'active': state.active, 'diverged': state.diverged})
@@ -876,11 +966,15 @@ def _prune(pruner, state: MemberState, rows: '_Members', history: list, values, 
   history.append(full)
   live = np.zeros(rows.K, bool)
   live[rows.index[live_rows]] = True
-  stop = pruner.decide(np.stack(history), live, maximize)[rows.index]
+  so_far = np.stack(history)
+  stop = pruner.decide(so_far, live, maximize)[rows.index]
+  for j in rows.index[stop]:
+    pruned_at[int(j)] = {'epoch': done, **pruner.record(so_far, int(j))}
   if stop.any():
     logging.info('Pruned member(s) %s after epoch %d (%s rule)',
-                 rows.index[stop].tolist(), done, pruner.kind)
-    state = state.replace(active=state.active & jnp.asarray(~stop))
+                 rows.index[stop].tolist(), done, pruner.name)
+    keep = jnp.asarray(~stop) if rows.run.shard is None else jax.device_put(~stop, rows.run.shard)
+    state = state.replace(active=state.active & keep)
   return state, stop
 
 
@@ -901,18 +995,26 @@ def _interrupted(signum: int, done: int, workdir: Path):
 
 
 def _eval_records(done: int, members, varied, train_m: dict, evals: dict, flags: dict,
-                  perf: dict, index=None) -> list[dict]:
+                  perf: dict, index=None, pbt=None) -> list[dict]:
   """One metrics.jsonl record per member on the device (row i holds member
   ``index[i]``): training-step means over the evaluation window (finite steps
-  only), evaluation metrics, flags, time and throughput."""
+  only), evaluation metrics, flags, time and throughput. With PBT (``pbt``: the
+  explored keys, the current values over all members and the move log),
+  ``pbt_hparams`` holds the values the member trained with over the window (before
+  a move made at this evaluation)."""
   records = []
   index = range(len(members)) if index is None else index
+  if pbt is not None:
+    keys, current, log = pbt
+    before = {e['member']: e['before'] for e in log if e['epoch'] == done}
   for i, j in enumerate(index):
     m = members[j]
     ok = train_m['ok'][i].astype(bool)
     rec = {'epoch': done, 'step': int(flags['step'][i]), 'member': int(j),
            'hparams': {k: m[k] for k in varied} if varied else {},
            'diverged': bool(flags['diverged'][i]), 'active': bool(flags['active'][i]), **perf}
+    if pbt is not None:
+      rec['pbt_hparams'] = {k: before.get(int(j), {}).get(k, float(current[k][j])) for k in keys}
     for k, v in train_m.items():
       if k != 'ok':
         rec[f'train/{k}'] = float(v[i][ok].mean()) if ok.any() else None
@@ -964,15 +1066,31 @@ def _final_results(run: Setup, state: MemberState, meta: dict, workdir: Path,
                  'step': state.step, 'diverged_step': state.diverged_step})
   member_results = []
   mixed = run.plan is not None and run.plan.mixes_model
+  records, trajectory = [], {}
+  if meta.get('hp'):  # PBT: each member's explored values per evaluation, from its records
+    path = workdir / 'metrics.jsonl'
+    records = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] \
+        if path.exists() else []
+    for r in records:
+      if 'pbt_hparams' in r:
+        trajectory.setdefault(r['member'], []).append(
+            {'epoch': r['epoch'], 'step': r['step'], **r['pbt_hparams']})
+  pruned = {}
+  for k, v in (meta.get('pruned') or {}).items():  # an older checkpoint kept the epoch only
+    pruned[int(k)] = v if isinstance(v, dict) else {
+        'epoch': v, 'rule': pruning.parse(run.config.train.get('prune', '')).name,
+        'evaluation': None, 'rung': None, 'value': None}
   for i, m in enumerate(run.members):
     member_results.append({
         'member': i, 'hparams': m, 'best_epoch': int(flags['best_epoch'][i]),
         'steps': int(flags['step'][i]), 'diverged': bool(flags['diverged'][i]),
         'diverged_step': int(flags['diverged_step'][i]) if flags['diverged'][i] else None,
         **({'num_params': run.plan.num_params(i)} if mixed else {}),
-        'pruned_epoch': (meta.get('pruned') or {}).get(str(i)),
+        'pruned_epoch': pruned[i]['epoch'] if i in pruned else None,
+        'pruned': pruned.get(i),
         **({'final_hparams': {k: v[i] for k, v in meta['hp'].items()},
-            'pbt': [e for e in meta.get('pbt', []) if e['member'] == i]}
+            'pbt': [e for e in meta.get('pbt', []) if e['member'] == i],
+            'hparams_trajectory': trajectory.get(i, [])}
            if meta.get('hp') else {}),
         **{f'{s}/{k}': float(v[i]) for s, vals in final.items() for k, v in vals.items()}})
   rows = results.group_rows(run.config.experiment, run.task, run.members, run.varied,
@@ -982,26 +1100,38 @@ def _final_results(run: Setup, state: MemberState, meta: dict, workdir: Path,
   # figure is its largest member's.
   n_params = (max(r['num_params'] for r in member_results) if mixed else
               sum(x.size for x in jax.tree.leaves(state.params)) // K)
-  return results.write(
-      workdir / 'results.json', run.config.experiment, rows,
+  lineage = sorted(meta.get('pbt') or [], key=lambda e: (e['epoch'], e['member']))
+  out = results.write(
+      workdir / 'results.json' if distributed.is_writer() else None,
+      run.config.experiment, rows,
       members=member_results, num_members=K, num_params=int(n_params),
+      **({'pbt_lineage': lineage} if meta.get('hp') else {}),
       select_metric=f'{run.select_split}/{run.task.select_metric}',
       train_time_s=float(meta.get('train_time_s', 0.0)),
       member_steps=meta.get('member_steps'),
       first_epoch_s=meta.get('first_epoch_s'),
       devices=[str(d) for d in jax.devices()], member_sharding=run.n_shards,
+      mesh=run.layout.record(),
       steps_per_epoch=run.trainer.steps_per_epoch,
       provenance=provenance.collect(start=t_call))
+  if meta.get('hp') and distributed.is_writer():  # PBT: schedules, copies, val curves
+    from research.analysis import lineage as lineage_plot
+    try:
+      lineage_plot.plot_pbt(out, records, workdir / 'pbt.png')
+    except Exception as e:  # noqa: BLE001 (results.json is written; the figure is extra)
+      logging.warning('could not draw %s: %s', workdir / 'pbt.png', e)
+  return out
 
 
-def load_trained(config: ml_collections.ConfigDict, workdir: str | Path):
+def load_trained(config: ml_collections.ConfigDict, workdir: str | Path, devices=None):
   """Rebuilds a run's trainer and restores its newest checkpoint.
 
   Returns ``(trainer, dataset, members, state)``; ``state.best_params`` /
   ``best_model_state`` hold every member's validation-selected parameters
   (leading member axis). Use `member_variables` for one member's variables.
+  ``devices``: those the mesh is laid over (default: all).
   """
-  run = setup(config)
+  run = setup(config, devices)
   state = run.init_state()
   checkpointer = ckpt_lib.Checkpointer(Path(workdir) / 'checkpoints', config.train.checkpoint_keep)
   try:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 
 def _run_device_count(argv):
-  """CPU devices for the run's member sharding, read from its results.json before JAX
-  starts (None: the default of research/devices.py)."""
+  """CPU devices for the run's mesh (member x data), read from its results.json before
+  JAX starts (None: the default of research/devices.py)."""
   workdir = None
   for j, a in enumerate(argv):
     if a.startswith('--workdir='):
@@ -29,7 +29,9 @@ def _run_device_count(argv):
     elif a == '--workdir' and j + 1 < len(argv):
       workdir = argv[j + 1]
   try:
-    shards = int(json.loads((Path(workdir) / 'results.json').read_text())['member_sharding'])
+    res = json.loads((Path(workdir) / 'results.json').read_text())
+    mesh = res.get('mesh') or {'member': res['member_sharding'], 'data': 1}
+    shards = int(mesh['member']) * int(mesh['data'])
   except Exception:  # noqa: BLE001 - no run there, or no results yet: main() reports it
     return None
   if shards <= 1 or os.environ.get('RESEARCH_CPU_DEVICES'):

@@ -9,6 +9,11 @@ r"""Train one config (a population of members) into a workdir; re-run to resume.
 population's members and the parameter count of one member, and exits without
 creating the workdir. Bad input ends in one 'error: ...' line and exit code 2;
 a run whose every member diverged exits 1 (research/errors.py).
+
+Several processes (hosts) train one run with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I on each (research/distributed.py): the run's
+mesh spans every process's devices, all processes write the Orbax checkpoints
+in the shared --workdir, process 0 everything else.
 """
 import sys
 from pathlib import Path
@@ -20,8 +25,13 @@ configure_cpu_devices()  # before JAX starts: one CPU device per core (research/
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from research import cli, results  # noqa: E402
+from research import cli, distributed, results  # noqa: E402
 from research.train import train_and_evaluate  # noqa: E402
+
+distributed.define_flags()
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 100, 'Multi-process runs: seconds without a heartbeat after which '
+    'the other processes give up on a dead one (and exit, so a re-run can resume).')
 
 __doc__ += cli.configs_help()  # --help lists configs/*.py and their variants
 
@@ -87,6 +97,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments {argv[1:]}; flags are written --name=value')
   cli.setup_logging()
   config = _CONFIG.value
+  if not _DRY_RUN.value:
+    distributed.initialize_from_flags(_HEARTBEAT.value)  # before any JAX computation
   if _DRY_RUN.value:
     dry_run(config)
     return
@@ -94,6 +106,8 @@ def main(argv):
   if workdir.exists() and not workdir.is_dir():
     raise ValueError(f'--workdir={workdir} is a file; the workdir must be a directory')
   out = train_and_evaluate(config, workdir)  # validates everything before writing
+  if not distributed.is_writer():
+    return
   print(results.markdown_table(out['rows'], digits=4))
   print()
   print(results.member_summary(out, workdir))
