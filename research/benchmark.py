@@ -819,23 +819,23 @@ def fit_cost(points: list[dict[str, Any]]) -> dict[str, Any]:
 STREAM_CONFIG = 'configs/mnist1d.py:model=cnn'
 
 
-def stream_case(config: str = STREAM_CONFIG, rounds: int = 10, chunk: int = 0,
-                max_seconds: float | None = None, overrides: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
-  """One config's training epoch with the split on the device (``data.stream=False``)
-  and streamed from the host (``True``, `research.stream`), interleaved in this
-  process: each round runs one epoch of each, waited for as the training loop waits
-  (``block_until_ready``); the first epoch of each (compilation) is untimed. Both
-  start from the same initial state and run the same epochs, so their final states
-  must be bit-identical (``equal``). ``config``: ``path[:arg]``; ``overrides``:
-  dotted keys set on it (e.g. ``{'data.num_samples': 500}``)."""
+def epoch_case(config: str, arms: dict[str, dict[str, Any]], rounds: int = 10,
+               max_seconds: float | None = None, overrides: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+  """One config's training epoch under each arm's dotted config values (``arms``:
+  name -> values; the first is the reference), interleaved in this process: each
+  round runs one epoch of each, waited for as the training loop waits
+  (``block_until_ready``); the first epoch of each (compilation) is untimed. All
+  arms start from the same initial state and run the same epochs; ``equal`` says
+  whether their final states are bit-identical and ``max_rel_diff`` how far the
+  parameters are apart. ``config``: ``path[:arg]``; ``overrides``: dotted keys
+  set on every arm (e.g. ``{'data.num_samples': 500}``)."""
   from research import cli, configlib, train
   path, _, arg = config.partition(':')
   progs, fns = {}, {}
-  for name, stream in (('resident', False), ('streamed', True)):
+  for name, values in arms.items():
     c = cli.load_config(path if os.path.isabs(path) else os.path.join(_REPO, path), arg or None)
-    configlib.with_values(c, {'train.progress': False, **(overrides or {}),
-                              'data.stream': stream, 'data.stream_chunk': chunk})
+    configlib.with_values(c, {'train.progress': False, **(overrides or {}), **values})
     t0 = time.perf_counter()
     run = train.setup(c)
     box = {'state': run.init_state(), 'metrics': None}
@@ -853,25 +853,67 @@ def stream_case(config: str = STREAM_CONFIG, rounds: int = 10, chunk: int = 0,
     progs[name] = {'run': run, 'box': box, 'setup_s': setup_s, 'first_epoch_s': first}
     fns[name] = one_epoch
   timing = time_interleaved(fns, rounds, max_seconds)
-  res = progs['resident']['run']
+  ref_name = next(iter(arms))
+  res = progs[ref_name]['run']
   t = res.trainer
   examples = len(res.members) * t.steps_per_epoch * t.batch_size
   candidates = {}
+  ref_leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(progs[ref_name]['box']['state'].params))]
+  ref_state = jax.tree.leaves(jax.device_get(progs[ref_name]['box']))
   for name, p in progs.items():
     s = timing[name]
+    state = jax.tree.leaves(jax.device_get(p['box']))
+    params = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(p['box']['state'].params))]
+    diff = max(float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-30))
+               for a, b in zip(ref_leaves, params))
     candidates[name] = {'median_ms': s['median_ms'], 'min_ms': s['min_ms'],
                         'cpu_ms': s['cpu_ms'], 'rounds': s['rounds'],
                         'examples_per_s': examples / (s['median_ms'] / 1e3),
-                        'setup_s': p['setup_s'], 'first_epoch_s': p['first_epoch_s']}
-  a = jax.tree.leaves(jax.device_get(progs['resident']['box']))
-  b = jax.tree.leaves(jax.device_get(progs['streamed']['box']))
-  equal = len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y))
-                                   for x, y in zip(a, b))
-  ratio = candidates['streamed']['examples_per_s'] / candidates['resident']['examples_per_s']
-  return {'case': f'stream {res.config.experiment}', 'config': config,
-          'overrides': dict(overrides or {}), 'members': len(res.members),
+                        'setup_s': p['setup_s'], 'first_epoch_s': p['first_epoch_s'],
+                        'mesh': p['run'].layout.record(),
+                        'equal': len(state) == len(ref_state) and all(
+                            np.array_equal(np.asarray(x), np.asarray(y))
+                            for x, y in zip(ref_state, state)),
+                        'max_rel_diff': diff}
+  return {'config': config, 'overrides': dict(overrides or {}), 'members': len(res.members),
           'steps_per_epoch': t.steps_per_epoch, 'batch_size': t.batch_size,
-          'chunk': progs['streamed']['run'].trainer.stream_chunk,
-          'train_examples': t.n_train, 'mesh': res.layout.record(),
-          'candidates': candidates, 'ratio': ratio, 'equal': bool(equal),
-          'epochs_each': 1 + timing['resident']['rounds']}
+          'train_examples': t.n_train, 'candidates': candidates,
+          'epochs_each': 1 + timing[ref_name]['rounds'], '_progs': progs}
+
+
+def stream_case(config: str = STREAM_CONFIG, rounds: int = 10, chunk: int = 0,
+                max_seconds: float | None = None, overrides: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+  """`epoch_case` with the split on the device (``data.stream=False``) and streamed
+  from the host (``True``, `research.stream`); their final states must be
+  bit-identical (``equal``)."""
+  out = epoch_case(config, {'resident': {'data.stream': False, 'data.stream_chunk': chunk},
+                            'streamed': {'data.stream': True, 'data.stream_chunk': chunk}},
+                   rounds, max_seconds, overrides)
+  progs, c = out.pop('_progs'), out['candidates']
+  res = progs['resident']['run']
+  return {'case': f'stream {res.config.experiment}', **out,
+          'chunk': progs['streamed']['run'].trainer.stream_chunk, 'mesh': res.layout.record(),
+          'ratio': c['streamed']['examples_per_s'] / c['resident']['examples_per_s'],
+          'equal': bool(c['streamed']['equal'])}
+
+
+DATA_PARALLEL_CONFIG = 'configs/mnist1d.py:model=cnn'
+
+
+def data_parallel_case(config: str = DATA_PARALLEL_CONFIG, rounds: int = 10,
+                       max_seconds: float | None = None,
+                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+  """`epoch_case` of one member with its batch on one device (``train.data_parallel=1``)
+  against its batch split over every device (``= len(jax.devices())``, the mesh's
+  data axis); headline ``ratio``: split / one device examples per second. Their
+  states agree to float rounding (the order of the batch sums differs)."""
+  n = len(jax.devices())
+  over = {'population': '', **(overrides or {})}
+  out = epoch_case(config, {'one_device': {'train.data_parallel': 1},
+                            f'data_{n}': {'train.data_parallel': n}},
+                   rounds, max_seconds, over)
+  progs, c = out.pop('_progs'), out['candidates']
+  return {'case': f'data_parallel {progs["one_device"]["run"].config.experiment}', **out,
+          'devices': n, 'ratio': c[f'data_{n}']['examples_per_s'] / c['one_device']['examples_per_s'],
+          'max_rel_diff': c[f'data_{n}']['max_rel_diff']}

@@ -5,6 +5,7 @@ runs, and populations of mixed structure as one program against one program per 
   python scripts/benchmark.py --workdir=runs/b --cells=lstm --modes=train --population_members=8
   python scripts/benchmark.py --workdir=runs/p --benchmark=calibrate,programs
   python scripts/benchmark.py --workdir=runs/s --benchmark=stream --matmul=0
+  python scripts/benchmark.py --workdir=runs/d --benchmark=data_parallel --matmul=0
 
 ``--benchmark`` picks what runs: ``layers`` (the default: the matmul, the recurrent
 layers and the vmapped populations), ``programs`` (a population of LSTM variants x
@@ -15,7 +16,9 @@ backend and prints the line to paste; with ``programs`` in the same run, the cos
 model's grouping under the fitted constants is timed as well), ``stream`` (the
 MNIST-1D CNN's training epoch with the split on the device against the same epoch
 streamed from host memory, ``data.stream``; headline ``stream_ratio``, streamed /
-resident examples per second).
+resident examples per second), ``data_parallel`` (one member's training epoch with its
+batch on one device against its batch split over every device, the mesh's data axis;
+headline ``data_parallel_ratio``).
 
 Writes W/results.json (the shared schema; headline rows: metric ``ratio_to_torch``
 for the LSTM and GRU training steps, ``population_speedup`` for K = 8,
@@ -47,7 +50,7 @@ from research import benchmark as bm  # noqa: E402
 from research import cli, results  # noqa: E402
 from research.models.cells import LSTM_VARIANTS  # noqa: E402
 
-BENCHMARKS = ('layers', 'programs', 'calibrate', 'stream')
+BENCHMARKS = ('layers', 'programs', 'calibrate', 'stream', 'data_parallel')
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (results.json, report.md).')
 _CELLS = flags.DEFINE_list('cells', ['lstm', 'gru'], f'Cells to time: {", ".join(bm.CELLS)}.')
@@ -127,6 +130,11 @@ _STREAM_CONFIG = flags.DEFINE_string('stream_config', bm.STREAM_CONFIG,
 _STREAM_ROUNDS = flags.DEFINE_integer('stream_rounds', 10,
                                       'stream: interleaved rounds (one epoch of each).',
                                       lower_bound=1)
+_DP_CONFIG = flags.DEFINE_string('data_parallel_config', bm.DATA_PARALLEL_CONFIG,
+                                 'data_parallel: the config (path[:arg]), one member.')
+_DP_BATCH = flags.DEFINE_integer('data_parallel_batch', 256,
+                                 'data_parallel: train.batch_size (0: the config\'s).',
+                                 lower_bound=0)
 _STREAM_CHUNK = flags.DEFINE_integer('stream_chunk', 0,
                                      'stream: data.stream_chunk (0: automatic).', lower_bound=0)
 flags.DEFINE_integer('cpu_devices', 0, 'CPU devices (0: one per core). Read before JAX starts.',
@@ -190,7 +198,8 @@ _OWN = {'workdir', 'cells', 'lstm_variants', 'modes', 'references', 'torch_threa
         'programs_hidden', 'programs_seeds', 'programs_batch', 'programs_length',
         'programs_steps', 'programs_rounds', 'programs_warmup', 'programs_rtol',
         'programs_fitted_cost', 'programs_candidates', 'calibrate_hidden', 'calibrate_members',
-        'stream_config', 'stream_rounds', 'stream_chunk'}
+        'stream_config', 'stream_rounds', 'stream_chunk', 'data_parallel_config',
+        'data_parallel_batch'}
 
 
 def main(argv):
@@ -211,7 +220,7 @@ def main(argv):
     logging.warning('PyTorch is not importable: no torch references (pip install -e ".[torch]")')
 
   out = {'matmul': None, 'recurrent': [], 'population': [], 'programs': None,
-         'calibration': None, 'stream': None}
+         'calibration': None, 'stream': None, 'data_parallel': None}
   which = set(_BENCHMARK.value)
   if _MATMUL.value:
     out['matmul'] = bm.matmul_case(_MATMUL.value, min(_ROUNDS.value, 10))
@@ -226,6 +235,12 @@ def main(argv):
     logging.info('stream: %.0f examples/s streamed, %.0f resident, ratio %.3f, equal %s',
                  s['candidates']['streamed']['examples_per_s'],
                  s['candidates']['resident']['examples_per_s'], s['ratio'], s['equal'])
+  if 'data_parallel' in which:
+    over = {'train.batch_size': _DP_BATCH.value} if _DP_BATCH.value else {}
+    out['data_parallel'] = d = bm.data_parallel_case(_DP_CONFIG.value, _STREAM_ROUNDS.value,
+                                                     _MAX_SECONDS.value, over)
+    logging.info('data_parallel: ratio %.3f over %d devices, params max rel diff %.1e',
+                 d['ratio'], d['devices'], d['max_rel_diff'])
   env['load_avg_end'] = list(os.getloadavg())
   rows = summary_rows(out, threads[0] if threads else None)
   results.write(workdir / 'results.json', 'benchmark', rows, environment=env,
@@ -339,6 +354,16 @@ def summary_rows(out, headline_threads):
                        r['rounds'], src))
     rows.append(_row(f'{s["case"]} (streamed / resident)', 'stream_ratio', s['ratio'],
                      s['candidates']['streamed']['rounds'], src + '; target >= 0.8'))
+  d = out['data_parallel']
+  if d:
+    src = ('scripts/benchmark.py --benchmark=data_parallel (median epoch time of interleaved '
+           f'rounds; {d["config"]}, one member, batch {d["batch_size"]})')
+    for name, r in d['candidates'].items():
+      rows.append(_row(f'{d["case"]}: {name}', 'examples_per_s', r['examples_per_s'],
+                       r['rounds'], src))
+    rows.append(_row(f'{d["case"]} (batch over {d["devices"]} devices / one device)',
+                     'data_parallel_ratio', d['ratio'], d['candidates']['one_device']['rounds'],
+                     src))
   c = out['calibration']
   if c:
     src = 'scripts/benchmark.py --benchmark=calibrate (least squares over the programs)'
@@ -401,8 +426,11 @@ def markdown(out, env, rows) -> str:
     lines += programs_markdown(out['programs'])
   if out['stream']:
     lines += stream_markdown(out['stream'])
+  if out['data_parallel']:
+    lines += data_parallel_markdown(out['data_parallel'])
   head = [r for r in rows if r['metric'] in ('ratio_to_torch', 'population_speedup',
-                                             'mixed_vs_separate', 'stream_ratio')]
+                                             'mixed_vs_separate', 'stream_ratio',
+                                             'data_parallel_ratio')]
   if head:
     lines += ['Headline rows (results.json):', '', results.markdown_table(head), '']
   return '\n'.join(lines)
@@ -464,6 +492,22 @@ def stream_markdown(s) -> list[str]:
   lines += ['', f'Streamed / resident examples per second: **{s["ratio"]:.3f}** (target >= 0.8). '
             f'Final states after {s["epochs_each"]} epochs each bit-identical: '
             f'{"yes" if s["equal"] else "NO"}.', '']
+  return lines
+
+
+def data_parallel_markdown(d) -> list[str]:
+  lines = [f'Data parallel: {d["config"]}, one member, {d["steps_per_epoch"]} steps of '
+           f'{d["batch_size"]} per epoch; median of {d["candidates"]["one_device"]["rounds"]} '
+           'interleaved epochs each (first epoch, with compilation, untimed).', '',
+           '| batch on | mesh (member x data) | ms / epoch | CPU ms | examples/s | first epoch s |',
+           '|---|---|---|---|---|---|']
+  for name, r in d['candidates'].items():
+    m = r['mesh']
+    lines.append(f'| {name} | {m["member"]} x {m["data"]} | {r["median_ms"]:.1f} | '
+                 f'{r["cpu_ms"]:.1f} | {r["examples_per_s"]:.0f} | {r["first_epoch_s"]:.2f} |')
+  lines += ['', f'Split / one device examples per second: **{d["ratio"]:.3f}**; parameters '
+            f'after {d["epochs_each"]} epochs each agree to a relative {d["max_rel_diff"]:.1e} '
+            '(the batch sums run in another order).', '']
   return lines
 
 
