@@ -12,6 +12,9 @@ again and resumes them from their checkpoint. ``--storage`` takes 'journal'
 (default, a file in the workdir), 'sqlite' or an SQLAlchemy URL (e.g.
 postgresql://...) for many machines; on those, workers send heartbeats and a trial
 whose worker went silent (a dead machine) is retried by the others.
+``--pruner=asha`` prunes inside each population (train.prune);
+``--pruner=optuna_asha`` / ``optuna_hyperband`` trains trials one at a time and
+lets Optuna's own pruner stop them (the baseline of the asha_compare study).
 """
 import sys
 
@@ -47,7 +50,10 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampler seed (random draws, TPE/GP).')
 _PRUNER = flags.DEFINE_string(
     'pruner', '', "Prune inside each program: '' (none), 'median', 'asha[:eta=3]', "
     "'hyperband' (sets train.prune, research/pruning.py); pruned trials are told to Optuna as "
-    'PRUNED, their best validation value reported at the epoch they stopped.')
+    'PRUNED, their best validation value reported at the epoch they stopped. Or Optuna\'s own '
+    "pruner deciding trials trained one at a time: 'optuna_asha[:eta=3,min=1]' "
+    "(SuccessiveHalvingPruner), 'optuna_hyperband[:eta=3,min=1]' (HyperbandPruner), set like "
+    'the in-population rule of the same arguments (--population_size is then 1).')
 _SAMPLER = flags.DEFINE_enum('sampler', 'tpe', list(runner.SAMPLERS),
                              'Bayesian sampler: TPE, or GP (needs torch).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -69,7 +75,15 @@ def main(argv):
   overrides = config_flags.get_override_values(flags.FLAGS['config'])  # {'a.b': value}
   ref += ''.join(f' --config.{k}={v!r}' for k, v in overrides.items())
   config = _CONFIG.value
-  if _PRUNER.value:
+  trial_pruner = ''
+  if _PRUNER.value.startswith('optuna_'):
+    try:
+      runner.optuna_pruner(_PRUNER.value, config)
+    except ValueError as e:
+      print(f'error: --pruner: {e}', file=sys.stderr)
+      sys.exit(2)
+    trial_pruner = _PRUNER.value
+  elif _PRUNER.value:
     from research import pruning
     try:
       pruning.parse(_PRUNER.value)
@@ -85,7 +99,7 @@ def main(argv):
         config, space, _METHOD.value, _TRIALS.value, _WORKDIR.value,
         storage=_STORAGE.value, study_name=_STUDY.value, batch=_BATCH.value, seed=_SEED.value,
         bayes_sampler=_SAMPLER.value, config_ref=ref,
-        heartbeat_s=_HEARTBEAT.value)
+        heartbeat_s=_HEARTBEAT.value, trial_pruner=trial_pruner)
   except (SearchSpaceError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

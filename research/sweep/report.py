@@ -127,29 +127,42 @@ def write(study: optuna.Study, workdir: Path, space, config, config_ref: str,
       method=study.user_attrs.get('method'), metric=study.user_attrs.get('metric'),
       direction=study.direction.name.lower(), states=counts, best=best_info, importance=imp,
       best_so_far={'trials': n.tolist(), 'wall_s': wall.tolist(), 'best': best.tolist()},
-      programs=len(pops), member_steps=member_steps, populations=pops,
+      programs=len(pops), member_steps=member_steps,
+      computed_member_steps=computed_steps(pops), populations=pops,
       worker_wall_s=time.time() - t_start,
       trials=[{k: v for k, v in r.items()} for r in records])
 
 
 def programs(study: optuna.Study) -> tuple[list[dict[str, Any]], int | None]:
   """The training programs (`train_and_evaluate` runs) the sweep's finished trials
-  ran in, each run directory once: ``{'run', 'size' (members), 'kinds' (distinct
-  structures), 'wall_s'}``; and the steps their members trained, summed over the
-  trials whose run returned results (None for a study from before trials recorded
-  their steps)."""
+  (complete, pruned or failed) ran in, each run directory once: ``{'run', 'size'
+  (members), 'kinds' (distinct structures), 'wall_s', 'member_steps'}`` (the last:
+  rows x steps the program computed, stopped rows until they were compacted away;
+  None for trials from before it was recorded); and the steps their members
+  trained, summed over the trials whose run returned results (None for a study from
+  before trials recorded their steps)."""
   pops: dict[str, dict[str, Any]] = {}
   steps, unknown = 0, False
-  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                    TrialState.FAIL)):
     a = t.user_attrs
     if 'run' in a:  # (population_size and population_wall_s: studies from before programs)
       pops[a['run']] = {'run': a['run'],
                         'size': a.get('program_members', a.get('population_size')),
                         'kinds': a.get('program_kinds', 1),
-                        'wall_s': a.get('program_wall_s', a.get('population_wall_s'))}
+                        'wall_s': a.get('program_wall_s', a.get('population_wall_s')),
+                        'member_steps': a.get('program_member_steps')}
     steps += int(a.get('member_steps', 0))
-    unknown |= t.state == TrialState.COMPLETE and 'member_steps' not in a
+    unknown |= t.state in (TrialState.COMPLETE, TrialState.PRUNED) and 'member_steps' not in a
   return list(pops.values()), None if unknown else steps
+
+
+def computed_steps(pops: list[dict[str, Any]]) -> int | None:
+  """Member-steps the programs computed (`programs`' ``member_steps`` summed), None
+  when a program did not record them."""
+  if any(p.get('member_steps') is None for p in pops):
+    return None
+  return int(sum(p['member_steps'] for p in pops))
 
 
 def _fmt(v) -> str:

@@ -47,6 +47,17 @@
   (``user_attrs['fail_reason'] = 'diverged'``) and the sweep goes on. Each
   trial records its ``run``, ``program_members``, ``program_kinds``,
   ``program_wall_s`` and ``member_steps`` (the steps its member trained).
+* **Optuna's pruners, one trial at a time** (``trial_pruner``:
+  ``optuna_asha[:eta=E,min=M]`` or ``optuna_hyperband[:eta=E,min=M,brackets=B]``,
+  `optuna_pruner`). The baseline for pruning inside the population: each trial
+  trains alone (a population of 1, batches of 1) and after each evaluation
+  reports its value at that epoch to its Optuna trial (``trial.report``) and
+  stops when ``trial.should_prune()`` says so (through `train_and_evaluate`'s
+  ``on_evaluation``); it is then told as PRUNED. Optuna's
+  ``SuccessiveHalvingPruner`` / ``HyperbandPruner`` get the settings
+  `research.pruning` gives the in-population rule of the same name and
+  arguments: resources are epochs, ``min_resource = min * train.eval_every``,
+  ``reduction_factor = eta``, and Hyperband as many brackets as ours.
 * **Crash safety.** Each worker holds an ``fcntl`` lock on
   ``workdir/workers/<id>.lock`` while it lives; the kernel drops it when the
   process dies (even ``kill -9``). Asking happens under ``workdir/sweep.lock``.
@@ -92,14 +103,16 @@ from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
+import numpy as np
 import optuna
 
-from research import configlib, population
+from research import configlib, population, pruning
 from research import structure as structure_lib
 from research.sweep import space as space_lib
 from research.tasks import make_task
 
 METHODS = ('grid', 'random', 'bayes')
+TRIAL_PRUNERS = ('optuna_asha', 'optuna_hyperband')  # Optuna's pruners, trials one by one
 SAMPLERS = ('tpe', 'gp')
 TrialState = optuna.trial.TrialState
 
@@ -529,15 +542,50 @@ def _flops_fn(config, kinds: list[dict], trials: list[list[Mapping[str, Any]]],
   return flops
 
 
+def optuna_pruner(spec: str, config: ml_collections.ConfigDict) -> optuna.pruners.BasePruner:
+  """``'optuna_asha[:eta=E,min=M]'`` -> Optuna's ``SuccessiveHalvingPruner``,
+  ``'optuna_hyperband[:eta=E,min=M,brackets=B]'`` -> its ``HyperbandPruner``, set
+  like `research.pruning`'s ``asha`` / ``hyperband`` rule with the same arguments
+  (its defaults too) on ``config``'s run. Trials report at the epochs of their
+  evaluations, so resources are epochs: our rungs at evaluation ``min * eta**k``
+  (1-based) are Optuna's at step ``min * eta**k * train.eval_every``; no
+  bootstrap, no early-stopping rate. Hyperband gets the number of brackets
+  ours would (``max_resource = min_resource * eta**(brackets - 1)``); Optuna
+  assigns trials to brackets by a hash of the trial number, weighted towards
+  the aggressive brackets, where ours alternates members."""
+  kind, sep, args = (spec or '').strip().partition(':')
+  if kind not in TRIAL_PRUNERS:
+    raise ValueError(f'unknown trial pruner {spec!r}; known: '
+                     "'optuna_asha[:eta=E,min=M]', 'optuna_hyperband[:eta=E,min=M,brackets=B]'")
+  epochs = int(config.train.epochs)
+  eval_every = max(1, int(config.train.eval_every))
+  evaluations = len(range(eval_every, epochs + 1, eval_every)) + bool(epochs % eval_every)
+  try:
+    rule = pruning.parse(kind.removeprefix('optuna_') + sep + args, evaluations)
+  except ValueError as e:  # 'train.prune=<rule>: why' -> '<spec>: why'
+    raise ValueError(f'{spec}: {str(e).partition(": ")[2]}') from None
+  min_resource = rule.min * eval_every
+  if rule.kind == 'asha':
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=min_resource, reduction_factor=rule.eta, min_early_stopping_rate=0,
+        bootstrap_count=0)
+  return optuna.pruners.HyperbandPruner(
+      min_resource=min_resource, max_resource=min_resource * rule.eta ** (rule.brackets - 1),
+      reduction_factor=rule.eta, bootstrap_count=0)
+
+
 def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], method: str,
               trials: int, workdir: str | Path, storage: str | None = None,
               study_name: str = 'sweep', batch: int = 8, seed: int = 0,
               bayes_sampler: str = 'tpe', startup: int | None = None,
               train_fn: Callable | None = None, config_ref: str = '',
-              report: bool = True, heartbeat_s: int = 60) -> dict:
+              report: bool = True, heartbeat_s: int = 60, trial_pruner: str = '') -> dict:
   """Runs (or resumes, or joins) a sweep; returns its summary (results.json).
 
-  ``heartbeat_s``: seconds between trial heartbeats on RDB storages (0: off)."""
+  ``heartbeat_s``: seconds between trial heartbeats on RDB storages (0: off).
+  ``trial_pruner`` (`TRIAL_PRUNERS`, `optuna_pruner`): Optuna's pruner decides
+  each trial, trained alone (``batch`` is then 1; ``train_fn`` must take
+  ``on_evaluation``, as `train_and_evaluate` does)."""
   from research.sweep import report as report_lib
   if method not in METHODS:
     raise ValueError(f'Unknown sweep method {method!r}; known: {list(METHODS)}')
@@ -548,6 +596,16 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   if method != 'grid' and trials < 1:
     raise ValueError(f'--trials must be >= 1 for {method} search, got {trials}')
   space_lib.validate(space, config)
+  pruner = None
+  if trial_pruner:
+    if config.train.get('prune', ''):
+      raise ValueError(f'train.prune={config.train.prune!r} prunes inside populations; '
+                       f'--pruner={trial_pruner} prunes trials one by one: use one of them')
+    pruner = optuna_pruner(trial_pruner, config)
+    if batch != 1:
+      logging.info('--pruner=%s: trials train one at a time (population size 1, not %d)',
+                   trial_pruner, batch)
+    batch = 1
   if train_fn is None:
     from research.train import train_and_evaluate as train_fn
   workdir = Path(workdir).absolute()
@@ -560,6 +618,8 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   if planned is not None:
     trials = len(planned)
   signature = _signature(method, space, trials, config, seed, bayes_sampler)
+  if trial_pruner:  # (absent otherwise, so that older studies keep their signature)
+    signature['trial_pruner'] = trial_pruner
   store = make_storage(storage, workdir, heartbeat_s)
   worker = _Worker(workdir)
   lock = workdir / 'sweep.lock'
@@ -568,7 +628,7 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   try:
     with _flock(lock):
       study = optuna.create_study(study_name=study_name, storage=store, direction=direction,
-                                  load_if_exists=True)
+                                  load_if_exists=True, pruner=pruner)
       saved = study.user_attrs
       if 'method' not in saved:
         for k, v in signature.items():
@@ -613,7 +673,8 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
       if not asked:
         break
       with _heartbeats(study, [t for t, _ in asked]):
-        _train_batch(study, config, asked, member_keys, metric, workdir, train_fn, datasets)
+        _train_batch(study, config, asked, member_keys, metric, workdir, train_fn, datasets,
+                     trial_pruning=pruner is not None)
     if report:
       with _flock(lock):
         return report_lib.write(study, workdir, space, config, config_ref, t_start)
@@ -636,19 +697,43 @@ def _dataset_loader() -> Callable:
 
 
 def _train_batch(study, config, asked, member_keys, metric, workdir, train_fn,
-                 dataset_fn=None):
+                 dataset_fn=None, trial_pruning=False):
   batch = [values for _, values in asked]
   for program in plan_programs(config, batch, member_keys, dataset_fn):
     _train_program(study, config, [asked[i] for i in program.trials], program, member_keys,
-                   metric, workdir, train_fn, dataset_fn)
+                   metric, workdir, train_fn, dataset_fn, trial_pruning)
+
+
+def _trial_pruning(trial, run_dir: Path, metric: str, reported: dict):
+  """``on_evaluation`` for a run of one trial: reports the value at each evaluation's
+  epoch to the trial and stops the run when the study's pruner says so (``reported``:
+  epoch -> the decision). A run that resumes first reports what its metrics.jsonl
+  already holds (so that Optuna's rungs see the values of the epochs they were
+  reached at); an epoch trained again after the resume gets the decision made then."""
+  curves = _member_curves(run_dir, f'val/{metric}') or _member_curves(run_dir, f'train/{metric}')
+
+  def report(epoch: int, value: float) -> bool:
+    if epoch in reported:
+      return reported[epoch]
+    if not math.isfinite(value):
+      return False  # a diverged member stops by itself
+    trial.report(value, epoch)
+    reported[epoch] = trial.should_prune()
+    return reported[epoch]
+
+  for epoch, value in curves.get(0, []):
+    report(epoch, value)
+  return lambda epoch, values: np.array([report(int(epoch), float(values[0]))])
 
 
 def _train_program(study, config, items, program: Program, member_keys, metric, workdir,
-                   train_fn, dataset_fn):
-  """Trains one program and tells its trials (``items``: (trial, values) in order)."""
+                   train_fn, dataset_fn, trial_pruning=False):
+  """Trains one program and tells its trials (``items``: (trial, values) in order);
+  with ``trial_pruning`` (one trial), the study's pruner may stop it."""
   from research.train import DivergenceError
   t0 = time.time()
   run_dir = None
+  reported = [{} for _ in items]  # per trial: epochs already reported (-> prune decision)
 
   def record(t, wall):
     t.set_user_attr('run', str(run_dir.relative_to(workdir)))
@@ -658,7 +743,12 @@ def _train_program(study, config, items, program: Program, member_keys, metric, 
 
   try:
     c, run_dir = population_run(config, program.structure, program.members, workdir / 'runs')
-    out = train_fn(c, run_dir)
+    if trial_pruning:
+      (trial, _), = items
+      out = train_fn(c, run_dir, on_evaluation=_trial_pruning(trial, run_dir, metric,
+                                                              reported[0]))
+    else:
+      out = train_fn(c, run_dir)
   except Exception as e:  # noqa: BLE001 - tell the trials, then decide
     if isinstance(e, ValueError) and program.num_kinds > 1:
       # A mix the structure checks refuse (an unusual parameter layout): one program per kind.
@@ -668,7 +758,7 @@ def _train_program(study, config, items, program: Program, member_keys, metric, 
         sub = [item for item, kind in zip(items, program.kinds) if kind == k]
         (single,) = plan_programs(config, [v for _, v in sub], member_keys, dataset_fn)
         _train_program(study, config, [sub[i] for i in single.trials], single, member_keys,
-                       metric, workdir, train_fn, dataset_fn)
+                       metric, workdir, train_fn, dataset_fn, trial_pruning)
       return
     reason = 'diverged' if isinstance(e, DivergenceError) else f'error: {type(e).__name__}: {e}'
     wall = time.time() - t0
@@ -686,15 +776,19 @@ def _train_program(study, config, items, program: Program, member_keys, metric, 
   if study.user_attrs.get('metric') != selected:
     study.set_user_attr('metric', selected)
   curves = _member_curves(run_dir, selected)
-  for (t, _), m in zip(items, out['members']):
+  computed = (out.get('member_steps') or {}).get('computed')
+  for (t, _), m, done in zip(items, out['members'], reported):
     value = m.get(selected, float('nan'))
     for epoch, v in curves.get(m['member'], []):  # every evaluation, as Optuna's intermediate values
-      t.report(v, epoch)
+      if epoch not in done:
+        t.report(v, epoch)
     record(t, wall)
     t.set_user_attr('select_metric', selected)
     t.set_user_attr('member', m['member'])
     if 'steps' in m:
       t.set_user_attr('member_steps', int(m['steps']))
+    if computed is not None:  # rows x steps the program computed (stopped rows until compacted)
+      t.set_user_attr('program_member_steps', int(computed))
     for k, v in m.items():
       if k.startswith('test/') and isinstance(v, float) and math.isfinite(v):
         t.set_user_attr(k.replace('/', '_'), v)
