@@ -37,7 +37,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -673,7 +673,9 @@ def _finished(state: MemberState, epoch: int, epochs: int) -> bool:
   return epoch >= epochs or not (flags['active'] & ~flags['diverged']).any()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       on_evaluation: Callable[[int, np.ndarray], np.ndarray] | None = None
+                       ) -> dict:
   """Trains the config's population in ``workdir``; resumes if a run is there.
 
   Everything is validated before the workdir is written. A finished run (all
@@ -682,6 +684,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   (`errors.Interrupted`); a run with no progress for ``train.watchdog_s`` dumps
   its stacks and exits 75 (`research.watchdog`). Returns the results dict that is
   also written to ``workdir/results.json``.
+
+  ``on_evaluation(epoch, values)``, if given, is called after each evaluation (after
+  ``train.prune``) with every member's selection metric (K,), NaN for members that no
+  longer train; the live members it returns True for stop as pruned ones do (rule
+  ``'callback'`` in their ``pruned`` entry).
   """
   from research import watchdog
   t_call = time.time()
@@ -708,7 +715,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           return results.read(workdir / 'results.json')
       else:
         state, meta = _train_loop(run, state, start_epoch, meta, workdir, checkpointer,
-                                  dog, stop)
+                                  dog, stop, on_evaluation)
       return _final_results(run, state, meta, workdir, t_call)
   finally:
     checkpointer.close()
@@ -802,7 +809,7 @@ class _Members:
 
 
 def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, workdir: Path,
-                checkpointer, dog, stop) -> tuple[MemberState, dict]:
+                checkpointer, dog, stop, on_evaluation=None) -> tuple[MemberState, dict]:
   """Trains from ``start_epoch`` until the last epoch or until every member stopped;
   evaluates, logs and checkpoints every ``train.eval_every`` epochs. After an
   evaluation at which at most ``train.compact`` of the rows still train, the
@@ -830,6 +837,8 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   history = (pruning.history_from_records(logger.records(), len(members), metric_key)
              if pruner else [])
   pruned_at = {int(k): v for k, v in (meta.get('pruned') or {}).items()}  # member -> epoch
+  hook_history = (pruning.history_from_records(logger.records(), len(members), metric_key)
+                  if on_evaluation else [])
   pbt = pbt_lib.parse(config.train.get('pbt', ''))
   pbt_log = list(meta.get('pbt') or [])
   if meta.get('hp'):  # hyperparameters PBT changed before the checkpoint we resume from
@@ -868,6 +877,11 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       if pruner:
         state, pruned = _prune(pruner, state, rows, history, evals[select][run.task.select_metric],
                                trainer.maximize, done, pruned_at)
+      if on_evaluation is not None:  # the caller's rule (e.g. an Optuna trial's pruner)
+        state, asked = _prune(_Callback(on_evaluation, done), state, rows, hook_history,
+                              evals[select][run.task.select_metric], trainer.maximize, done,
+                              pruned_at)
+        pruned |= asked
       if pbt:
         evaluations += 1
         if evaluations % pbt.every == 0 and done < epochs:
@@ -950,6 +964,22 @@ def _exploit(pbt, state: MemberState, rows: '_Members', values, maximize: bool, 
       np.asarray, optim.set_hparams(host.opt_state, on_rows)))
   shard = rows.run.shard
   return (jax.device_put(host, shard) if shard is not None else jax.tree.map(jnp.asarray, host))
+
+
+@dataclasses.dataclass
+class _Callback:
+  """``train_and_evaluate``'s ``on_evaluation`` as a rule for `_prune`."""
+  fn: Callable[[int, np.ndarray], np.ndarray]
+  epoch: int
+  name = 'callback'
+
+  def decide(self, values: np.ndarray, live: np.ndarray, maximize: bool) -> np.ndarray:
+    return live & np.asarray(self.fn(self.epoch, values[-1].copy()), bool)
+
+  def record(self, values: np.ndarray, member: int) -> dict:
+    v = float(values[-1, member])
+    return {'rule': self.name, 'evaluation': values.shape[0] - 1, 'rung': None,
+            'value': v if math.isfinite(v) else None}
 
 
 def _prune(pruner, state: MemberState, rows: '_Members', history: list, values, maximize: bool,
