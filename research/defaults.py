@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
       pbt='',
       # devices each member's batch is split over (the mesh's 'data' axis,
       # research/mesh.py); 0 = automatic: the member axis first, devices left over to data
+      # (on GPU/TPU; on CPU none: its forced host devices share the cores)
       data_parallel=0,
       progress=True,
       # seconds without a finished epoch or evaluation before the run dumps every thread's

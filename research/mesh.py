@@ -13,7 +13,10 @@
 
 ``train.data_parallel`` picks the data axis: 0 (default) puts as many devices
 on the member axis as divide K, then gives the devices left over to the data
-axis (as many as divide the batch size); N > 0 asks for N data devices (N must
+axis (as many as divide the batch size) on GPU and TPU; on CPU it leaves them
+idle, because the forced host devices share the same cores and one device's
+XLA program already uses them (`scripts/benchmark.py --benchmark=data_parallel`
+measured a batch split over 2 CPU devices at 0.86x one device); N > 0 asks for N data devices (N must
 divide the device count and the batch size), the member axis then takes as
 many of the rest as divide K. With several processes (`research.distributed`)
 ``jax.devices()`` lists every process's devices and the mesh spans them.
@@ -107,6 +110,8 @@ def make_layout(num_members: int, batch_size: int | None = None, data_parallel: 
   """The layout a run of ``num_members`` members with ``batch_size`` examples per step
   takes on ``devices`` (default: all, of every process); see `mesh_shape`."""
   devices = list(jax.devices() if devices is None else devices)
+  if data_parallel == 0 and devices and devices[0].platform == 'cpu':
+    data_parallel = 1  # automatic on CPU: no data axis (see the module docstring)
   members, data = mesh_shape(num_members, len(devices), batch_size, data_parallel)
   if members * data == 1:
     return NONE

@@ -20,6 +20,7 @@ from tests.helpers import REPO
 
 
 @pytest.mark.parametrize('K, devices, batch, dp, want', [
+    # the automatic rule (on GPU and TPU; on CPU make_layout asks for no data axis)
     (1, 2, 8, 0, (1, 2)),    # one member: every device on the data axis
     (2, 2, 8, 0, (2, 1)),    # the member axis first
     (2, 4, 8, 0, (2, 2)),    # devices left over go to data
@@ -68,6 +69,9 @@ _SCRIPT = textwrap.dedent('''
       curve = [json.loads(l) for l in open(sys.argv[1] + '/' + name + '/metrics.jsonl')]
       out[name] = {'mesh': r['mesh'], 'members': r['members'],
                    'curve': [[c['member'], c['epoch'], c['train/loss']] for c in curve]}
+    from research import mesh
+    auto = mesh.make_layout(1, 16)  # automatic on CPU: the host devices share the cores
+    out['auto_cpu'] = {'mesh': {'member': auto.members, 'data': auto.data}}
     print('RESULT ' + json.dumps(out))
 ''')
 
@@ -80,8 +84,10 @@ def test_batch_split_over_data_devices_equals_one_device(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.split('RESULT ', 1)[1])
   shapes = {k: (v['mesh']['member'], v['mesh']['data']) for k, v in out.items()}
-  assert shapes == {'members': (2, 1), 'mesh2x2': (2, 2), 'solo1x4': (1, 4)}
+  assert shapes == {'members': (2, 1), 'mesh2x2': (2, 2), 'solo1x4': (1, 4),
+                    'auto_cpu': (1, 1)}
   assert len(out['mesh2x2']['mesh']['devices']) == 4
+  del out['auto_cpu']
 
   def close(a, b):
     assert [r[:2] for r in a['curve']] == [r[:2] for r in b['curve']]

@@ -130,7 +130,7 @@ _MESH = textwrap.dedent('''
     for s in (False, True):
       c = small_mnist1d(**{'population': 'seed=0,1', 'model.dropout': 0.1,
                            'train.input_noise': 0.05, 'data.stream': s,
-                           'data.stream_chunk': 3})
+                           'data.stream_chunk': 3, 'train.data_parallel': 2})
       run = train.setup(c)
       state = run.init_state()
       for _ in range(2):
