@@ -858,14 +858,15 @@ def epoch_case(config: str, arms: dict[str, dict[str, Any]], rounds: int = 10,
   t = res.trainer
   examples = len(res.members) * t.steps_per_epoch * t.batch_size
   candidates = {}
-  ref_leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(progs[ref_name]['box']['state'].params))]
-  ref_state = jax.tree.leaves(jax.device_get(progs[ref_name]['box']))
+  host = {name: jax.device_get(p['box']) for name, p in progs.items()}
+  ref_state = jax.tree.leaves(host[ref_name])
+  ref_params = jax.tree.leaves(host[ref_name]['state'].params)
   for name, p in progs.items():
     s = timing[name]
-    state = jax.tree.leaves(jax.device_get(p['box']))
-    params = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(p['box']['state'].params))]
+    state = jax.tree.leaves(host[name])
+    params = jax.tree.leaves(host[name]['state'].params)
     diff = max(float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-30))
-               for a, b in zip(ref_leaves, params))
+               for a, b in zip(ref_params, params))
     candidates[name] = {'median_ms': s['median_ms'], 'min_ms': s['min_ms'],
                         'cpu_ms': s['cpu_ms'], 'rounds': s['rounds'],
                         'examples_per_s': examples / (s['median_ms'] / 1e3),

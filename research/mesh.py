@@ -53,6 +53,12 @@ class Layout:
     """Sharding of arrays every device holds whole (the device-resident splits)."""
     return None if self.mesh is None else jax.sharding.NamedSharding(self.mesh, P())
 
+  def put(self, tree):
+    """Host arrays with a leading member axis onto the devices, sharded by member."""
+    if self.mesh is None:
+      return jax.tree.map(jax.numpy.asarray, tree)
+    return jax.device_put(tree, self.member)
+
   def shard_batch(self, tree, size: int | None = None):
     """Inside the member-vmapped step: splits the leading (example) axis of every
     leaf over the data axis. A no-op without a data axis, or when ``size`` (the

@@ -749,9 +749,7 @@ class _Members:
     device rows' values."""
     for k, v in values.items():
       self.hp_host[k] = np.array(v, self.hp_host[k].dtype)
-    shard = self.run.shard
-    place = (lambda x: jax.device_put(x, shard)) if shard is not None else jnp.asarray
-    self.hp = jax.tree.map(lambda a: place(a[self.index]), self.hp_host)
+    self.hp = self.run.layout.put({k: a[self.index] for k, a in self.hp_host.items()})
 
   def full(self, state: MemberState) -> MemberState:
     if not self.retired:
@@ -766,9 +764,7 @@ class _Members:
       for j, r in zip(ids, rs):
         out[j] = r
       return out
-    full = jax.tree.map(put, rows, *olds)
-    return jax.device_put(full, self.run.shard) if self.run.shard is not None else \
-        jax.tree.map(jnp.asarray, full)
+    return self.run.layout.put(jax.tree.map(put, rows, *olds))
 
   def full_flags(self, flags: dict) -> dict:
     """Host arrays of the device rows -> arrays over every member (retired ones from
@@ -800,12 +796,10 @@ class _Members:
     for r in sorted(set(range(n)) - set(keep.tolist())):
       self.retired[int(self.index[r])] = jax.tree.map(lambda a: a[r], rows)
     self.index = self.index[keep]
-    shard = self.run.shard
-    place = (lambda x: jax.device_put(x, shard)) if shard is not None else jnp.asarray
-    self.hp = jax.tree.map(lambda a: place(a[self.index]), self.hp_host)
+    self.set_hp({})
     logging.info('Compacted the population to %d of %d members (%d still training)',
                  size, self.K, n_live)
-    return jax.tree.map(lambda a: place(a[keep]), rows)
+    return self.run.layout.put(jax.tree.map(lambda a: a[keep], rows))
 
 
 def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, workdir: Path,
@@ -834,17 +828,17 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   pruner = pruning.parse(config.train.get('prune', ''), len(range(eval_every, epochs + 1,
                                                                   eval_every)) + bool(epochs % eval_every))
   metric_key = ('train_eval' if select == 'train' else select) + '/' + run.task.select_metric
-  history = (pruning.history_from_records(logger.records(), len(members), metric_key)
-             if pruner else [])
+  # the selection metric of every evaluation before a resume (for the rules below)
+  past = (pruning.history_from_records(logger.records(), len(members), metric_key)
+          if pruner or on_evaluation or config.train.get('pbt', '') else [])
+  history = list(past) if pruner else []
   pruned_at = {int(k): v for k, v in (meta.get('pruned') or {}).items()}  # member -> epoch
-  hook_history = (pruning.history_from_records(logger.records(), len(members), metric_key)
-                  if on_evaluation else [])
+  hook_history = list(past) if on_evaluation else []
   pbt = pbt_lib.parse(config.train.get('pbt', ''))
   pbt_log = list(meta.get('pbt') or [])
   if meta.get('hp'):  # hyperparameters PBT changed before the checkpoint we resume from
     rows.set_hp({k: np.asarray(v, np.float32) for k, v in meta['hp'].items()})
-  evaluations = len(pruning.history_from_records(logger.records(), len(members), metric_key)) \
-      if pbt else 0
+  evaluations = len(past) if pbt else 0
   epoch_metrics, window_t, window_steps = [], time.time(), 0
   done = start_epoch
   try:
@@ -962,8 +956,7 @@ def _exploit(pbt, state: MemberState, rows: '_Members', values, maximize: bool, 
   on_rows = {k: v[rows.index] for k, v in rows.hp_host.items() if k in pbt_lib.KEYS}
   host = host.replace(opt_state=jax.tree.map(
       np.asarray, optim.set_hparams(host.opt_state, on_rows)))
-  shard = rows.run.shard
-  return (jax.device_put(host, shard) if shard is not None else jax.tree.map(jnp.asarray, host))
+  return rows.run.layout.put(host)
 
 
 @dataclasses.dataclass
@@ -1003,8 +996,7 @@ def _prune(pruner, state: MemberState, rows: '_Members', history: list, values, 
   if stop.any():
     logging.info('Pruned member(s) %s after epoch %d (%s rule)',
                  rows.index[stop].tolist(), done, pruner.name)
-    keep = jnp.asarray(~stop) if rows.run.shard is None else jax.device_put(~stop, rows.run.shard)
-    state = state.replace(active=state.active & keep)
+    state = state.replace(active=state.active & rows.run.layout.put(~stop))
   return state, stop
 
 

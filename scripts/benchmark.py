@@ -347,23 +347,14 @@ def summary_rows(out, headline_threads):
                          r['speed_vs_separate'], r['rounds'], src))
   s = out['stream']
   if s:
-    src = ('scripts/benchmark.py --benchmark=stream (median epoch time of interleaved '
-           f'rounds; {s["config"]}, {s["members"]} members)')
-    for name, r in s['candidates'].items():
-      rows.append(_row(f'{s["case"]}: {name}', 'examples_per_s', r['examples_per_s'],
-                       r['rounds'], src))
-    rows.append(_row(f'{s["case"]} (streamed / resident)', 'stream_ratio', s['ratio'],
-                     s['candidates']['streamed']['rounds'], src + '; target >= 0.8'))
+    rows += _epoch_case_rows(
+        s, 'stream', f'{s["members"]} members', '(streamed / resident)', 'stream_ratio',
+        '; target >= 0.8')
   d = out['data_parallel']
   if d:
-    src = ('scripts/benchmark.py --benchmark=data_parallel (median epoch time of interleaved '
-           f'rounds; {d["config"]}, one member, batch {d["batch_size"]})')
-    for name, r in d['candidates'].items():
-      rows.append(_row(f'{d["case"]}: {name}', 'examples_per_s', r['examples_per_s'],
-                       r['rounds'], src))
-    rows.append(_row(f'{d["case"]} (batch over {d["devices"]} devices / one device)',
-                     'data_parallel_ratio', d['ratio'], d['candidates']['one_device']['rounds'],
-                     src))
+    rows += _epoch_case_rows(
+        d, 'data_parallel', f'one member, batch {d["batch_size"]}',
+        f'(batch over {d["devices"]} devices / one device)', 'data_parallel_ratio')
   c = out['calibration']
   if c:
     src = 'scripts/benchmark.py --benchmark=calibrate (least squares over the programs)'
@@ -493,6 +484,20 @@ def stream_markdown(s) -> list[str]:
             f'Final states after {s["epochs_each"]} epochs each bit-identical: '
             f'{"yes" if s["equal"] else "NO"}.', '']
   return lines
+
+
+def _epoch_case_rows(case, benchmark: str, what: str, ratio_label: str, ratio_metric: str,
+                     note: str = '') -> list[dict]:
+  """Rows of an `research.benchmark.epoch_case` result: examples/s of each arm and the
+  headline ratio (last arm / first)."""
+  src = (f'scripts/benchmark.py --benchmark={benchmark} (median epoch time of interleaved '
+         f'rounds; {case["config"]}, {what})')
+  rows = [_row(f'{case["case"]}: {name}', 'examples_per_s', r['examples_per_s'], r['rounds'],
+               src) for name, r in case['candidates'].items()]
+  last = list(case['candidates'].values())[-1]
+  rows.append(_row(f'{case["case"]} {ratio_label}', ratio_metric, case['ratio'], last['rounds'],
+                   src + note))
+  return rows
 
 
 def data_parallel_markdown(d) -> list[str]:
