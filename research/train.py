@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -919,8 +920,10 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
 
 def _exploit(pbt, state: MemberState, rows: '_Members', values, maximize: bool, seed: int,
              done: int, log: list) -> MemberState:
-  """PBT's exploit and explore (`research.pbt`) on the live members on the device."""
-  flags = _host({'active': state.active, 'diverged': state.diverged})
+  """PBT's exploit and explore (`research.pbt`): the host decides (from the K
+  validation values), the compiled `_pbt_copy` copies along the member axis on
+  the devices."""
+  flags = _host({'active': state.active, 'diverged': state.diverged, 'step': state.step})
   live = flags['active'] & ~flags['diverged']
   full = np.full(rows.K, np.nan)
   full[rows.index] = np.asarray(values, np.float64)
@@ -932,18 +935,16 @@ def _exploit(pbt, state: MemberState, rows: '_Members', values, maximize: bool, 
   moves = pbt.decide(full, alive, maximize, seed, done, ranges)
   if not moves:
     return state
-  host = jax.tree.map(np.array, _host(state))
   row = {int(j): r for r, j in enumerate(rows.index)}
-  copy = lambda tree, b, d: jax.tree.map(lambda a: a.__setitem__(b, a[d]) or a, tree)
+  source = np.arange(len(rows.index), dtype=np.int32)  # device row r takes row source[r]
   for b, d, changes in moves:
-    for name in ('params', 'model_state', 'opt_state'):
-      copy(getattr(host, name), row[b], row[d])
+    source[row[b]] = row[d]
     before = {k: float(rows.hp_host[k][b]) for k in changes}
     for k, (how, x) in changes.items():
       rows.hp_host[k][b] = rows.hp_host[k][d] * x if how == 'perturb' else x
     # the lineage: who copied whom after which epoch (at the donor's step), and how
     # each explored value came about (donor's value x factor, or resampled)
-    log.append({'epoch': done, 'step': int(host.step[row[d]]), 'member': b, 'from': d,
+    log.append({'epoch': done, 'step': int(flags['step'][row[d]]), 'member': b, 'from': d,
                 'hparams': {k: float(rows.hp_host[k][b]) for k in changes},
                 'before': before,
                 'donor_hparams': {k: float(rows.hp_host[k][d]) for k in changes},
@@ -953,10 +954,21 @@ def _exploit(pbt, state: MemberState, rows: '_Members', values, maximize: bool, 
                '; '.join(f'member {b} <- {d}' for b, d, _ in moves))
   rows.set_hp({})
   # every member's optimizer reads its (possibly new) values from its state
-  on_rows = {k: v[rows.index] for k, v in rows.hp_host.items() if k in pbt_lib.KEYS}
-  host = host.replace(opt_state=jax.tree.map(
-      np.asarray, optim.set_hparams(host.opt_state, on_rows)))
-  return rows.run.layout.put(host)
+  hp = {k: v for k, v in rows.hp.items() if k in pbt_lib.KEYS}
+  return _pbt_copy(state, source, hp, rows.run.layout.member)
+
+
+@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+def _pbt_copy(state: MemberState, source, hp: dict, sharding) -> MemberState:
+  """Rows ``source`` of the parameters, model state and optimizer state (a gather
+  along the member axis), with the optimizer's hyperparameters set to ``hp``; the
+  rest of each member's state (step, random stream, best-so-far) stays its own."""
+  take = lambda tree: jax.tree.map(lambda a: a[source], tree)
+  new = state.replace(params=take(state.params), model_state=take(state.model_state),
+                      opt_state=optim.set_hparams(take(state.opt_state), hp))
+  if sharding is None:
+    return new
+  return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), new)
 
 
 @dataclasses.dataclass

@@ -194,6 +194,12 @@ def test_exploit_copies_the_donors_state_exactly(run):
   b, d = e['member'], e['from']
   for x in jax.tree.leaves((state.params, state.model_state)):
     np.testing.assert_array_equal(np.asarray(x)[b], np.asarray(x)[d])
+  # the optimizer's moments too; only its injected hyperparameters are the member's own
+  moments = jax.tree.leaves(state.opt_state.inner_state)
+  assert moments
+  for x in moments:
+    if np.ndim(x):
+      np.testing.assert_array_equal(np.asarray(x)[b], np.asarray(x)[d])
   lr = np.asarray(state.opt_state.hyperparams['learning_rate'])
   assert lr[b] == pytest.approx(e['hparams']['optim.lr']) and lr[b] != lr[d]
   assert not np.array_equal(np.asarray(state.rng)[b], np.asarray(state.rng)[d])  # own stream
