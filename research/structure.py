@@ -460,7 +460,8 @@ def program_steps(config: ml_collections.ConfigDict, dataset) -> int:
 
 def program_groups(kinds: Sequence[Any], counts: Sequence[int], padded_flops,
                    devices: int = 1, backend: str | None = None,
-                   max_members: int = 0, steps: int | None = None) -> list[list[int]]:
+                   max_members: int = 0, steps: int | None = None,
+                   max_programs: int = 0) -> list[list[int]]:
   """Partitions member kinds into programs by the cost model.
 
   ``kinds``: distinct member structures; ``counts``: members of each;
@@ -469,8 +470,11 @@ def program_groups(kinds: Sequence[Any], counts: Sequence[int], padded_flops,
   one program per kind and merges the pair that saves the most estimated
   time (`program_cost`; ``steps``: the training steps of each program, which
   weigh the per-step costs against the per-program one) until no merge saves
-  any (``max_members > 0`` caps a program's size). Returns lists of kind
-  indices."""
+  any (``max_members > 0`` caps a program's size); ``max_programs > 0`` goes on
+  merging the pair that costs least until at most that many programs are left
+  (the cost model's estimate is for this backend's measured constants: on an
+  accelerator that has none yet, or to trade time for fewer compilations).
+  Returns lists of kind indices."""
   groups = [[i] for i in range(len(kinds))]
   cache: dict[tuple, float] = {}
 
@@ -485,7 +489,7 @@ def program_groups(kinds: Sequence[Any], counts: Sequence[int], padded_flops,
     return program_cost([flops(g)] * n, devices, backend, steps)
 
   while len(groups) > 1:
-    best, pair = 0.0, None
+    best, pair = -math.inf, None
     for a in range(len(groups)):
       for b in range(a + 1, len(groups)):
         merged = groups[a] + groups[b]
@@ -494,7 +498,7 @@ def program_groups(kinds: Sequence[Any], counts: Sequence[int], padded_flops,
         saving = cost(groups[a]) + cost(groups[b]) - cost(merged)
         if saving > best:
           best, pair = saving, (a, b)
-    if pair is None:
+    if pair is None or (best <= 0 and not 0 < max_programs < len(groups)):
       break
     a, b = pair
     groups[a] = sorted(groups[a] + groups[b])

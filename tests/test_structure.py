@@ -212,6 +212,19 @@ def test_program_groups_merge_when_overhead_dominates():
   assert len(structure.program_groups(kinds, [4, 4, 4], wide, backend='cpu', steps=10)) == 1
   assert len(structure.program_groups(kinds, [4, 4, 4], wide, backend='cpu',
                                       steps=100000)) == 2
+  # max_programs forces merges past the cost model's choice, the cheapest first: over
+  # many steps padding outweighs a program's overhead, so no merge pays by itself; a+b
+  # adds 4 x 1e9 FLOPs per step, then (a+b)+c 4 x 2e9 + 4 x 2e9; d (1000x) stays apart
+  four, own = ['a', 'b', 'c', 'd'], [1e9, 2e9, 4e9, 1e12]
+  apart = lambda ks: max(own[k] for k in ks)
+  kw = dict(backend='cpu', steps=100000)
+  assert len(structure.program_groups(four, [4] * 4, apart, **kw)) == 4
+  assert structure.program_groups(four, [4] * 4, apart, max_programs=3, **kw) == [[0, 1], [2], [3]]
+  assert structure.program_groups(four, [4] * 4, apart, max_programs=2, **kw) == [[0, 1, 2], [3]]
+  assert structure.program_groups(four, [4] * 4, apart, max_programs=1, **kw) == [[0, 1, 2, 3]]
+  # a cap above what the cost model makes changes nothing
+  assert structure.program_groups(kinds, [4, 4, 4], costly, backend='cpu', max_programs=5) == \
+      [[0, 1], [2]]
 
 
 def test_structural_values_every_member_shares_are_the_runs_config(tmp_path):

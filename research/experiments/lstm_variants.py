@@ -97,9 +97,11 @@ def _program_population(kinds: list[tuple[str, int]], trials: dict) -> str:
   return ' '.join(f'{k}={",".join(fmt(v) for v in vals)}' for k, vals in cols.items())
 
 
-def plan_programs(b: dict, data_path: str | None = None) -> list[list[tuple[str, int]]]:
+def plan_programs(b: dict, data_path: str | None = None,
+                  max_programs: int = 0) -> list[list[tuple[str, int]]]:
   """The (variant, hidden) kinds each program holds, as `structure.program_groups`
-  partitions them by its cost model (padded member-step FLOPs on the music data)."""
+  partitions them by its cost model (padded member-step FLOPs on the music data;
+  ``max_programs > 0``: at most that many, merged where that costs least)."""
   import jax
 
   from research.train import load_dataset
@@ -110,7 +112,8 @@ def plan_programs(b: dict, data_path: str | None = None) -> list[list[tuple[str,
       config, [dict(zip(MEMBER_KEYS, kinds[i])) for i in g], dataset, keys=MEMBER_KEYS)
   groups = structure.program_groups(kinds, [b['trials']] * len(kinds), flops,
                                     devices=len(jax.devices()),
-                                    steps=structure.program_steps(config, dataset))
+                                    steps=structure.program_steps(config, dataset),
+                                    max_programs=max_programs)
   return [[kinds[i] for i in g] for g in groups]
 
 
@@ -133,13 +136,14 @@ def _config(b, kinds, data_path, trials=None):
 
 
 @register('lstm_variants')
-def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None) -> dict:
+def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None,
+        max_programs: int = 0) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   b = dict(BUDGETS[budget], progress=budget == 'full')
   t0 = time.time()
   kind_trials = _kind_trials(b)
-  programs = plan_programs(b, data_path)
+  programs = plan_programs(b, data_path, max_programs)
   trials = []  # one dict per trial: variant, hidden, hparams, val/test NLL, curve
   configs = {}  # program index -> (config, workdir)
   program_info = []
