@@ -395,17 +395,35 @@ def test_trained_gradient_profile_uses_the_best_members_trained_parameters(tmp_p
   assert not np.allclose(jac['GRU']['init'], jac['GRU']['trained'])
 
 
-def test_pbt_study_smoke_compares_the_same_population_with_and_without_pbt(tmp_path):
+def test_pbt_study_sizes_asha_for_the_same_member_evaluations():
+  from research.experiments import pbt as pbt_study
+  # by hand: 62 members, rungs after 1, 3, 9 of 20 evaluations keep 20, 6, 2
+  assert pbt_study.asha_planned_evaluations(62, 20, 3, 1) == 62 * 1 + 20 * 2 + 6 * 6 + 2 * 11
+  assert pbt_study.asha_members(8, 20, 3, 1) == 62  # 160 = 8 members x 20 evaluations
+  assert pbt_study.asha_planned_evaluations(5, 4, 2, 1) == 5 + 2 * 1 + 1 * 2  # rungs 1, 2
+
+
+def test_pbt_study_smoke_compares_pbt_random_search_and_asha(tmp_path):
   from research.experiments import pbt as pbt_study
   out = pbt_study.run(tmp_path / 'pbt', budget='smoke')
-  names = {r['name'] for r in out['rows']}
-  assert names == {'random search', 'PBT'}
-  plain = results.read(tmp_path / 'pbt' / 'plain_0' / 'results.json')
-  pbt = results.read(tmp_path / 'pbt' / 'pbt_0' / 'results.json')
-  # the same members (seeds, initial learning rates) in both arms; PBT moved some of them
+  assert {r['name'] for r in out['rows']} == {'random search', 'PBT', 'ASHA'}
+  read = lambda arm: results.read(tmp_path / 'pbt' / f'{arm}_seed0' / 'results.json')
+  plain, pbt, asha = read('random'), read('pbt'), read('asha')
+  # the same members (seeds, initial learning rates) in random search and PBT, and as
+  # ASHA's first members; PBT moved some of them
   assert [m['hparams'] for m in plain['members']] == [m['hparams'] for m in pbt['members']]
+  assert [m['hparams'] for m in asha['members']][:4] == [m['hparams'] for m in plain['members']]
   assert any(m['pbt'] for m in pbt['members'])
-  assert 'PBT every' in (tmp_path / 'pbt' / 'report.md').read_text()
-  assert '(pbt.png)' in (tmp_path / 'pbt' / 'report.md').read_text()
+  # ASHA trained the member-steps its plan says (rungs keep n // eta), the others all
+  b = pbt_study.BUDGETS['smoke']
+  n = len(asha['members'])
+  assert n == pbt_study.asha_members(4, b['epochs'] // b['eval_every'], b['eta'], b['min'])
+  per_eval = asha['steps_per_epoch'] * b['eval_every']
+  assert sum(m['steps'] for m in asha['members']) == per_eval * \
+      pbt_study.asha_planned_evaluations(n, b['epochs'] // b['eval_every'], b['eta'], b['min'])
+  assert sum(m['steps'] for m in plain['members']) == 4 * b['epochs'] * plain['steps_per_epoch']
+  assert sum(m['pruned'] is not None for m in asha['members']) >= n - 2
+  report = (tmp_path / 'pbt' / 'report.md').read_text()
+  assert 'PBT every' in report and '(pbt.png)' in report
   assert (tmp_path / 'pbt' / 'pbt.png').stat().st_size > 10_000
   assert pbt['pbt_lineage'] and all(m['hparams_trajectory'] for m in pbt['members'])
