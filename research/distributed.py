@@ -11,9 +11,15 @@ all of them: one program, partitioned by XLA, with collectives between processes
 member-sharded arrays gather them (`host`). Only process 0 writes metrics,
 TensorBoard, config.json and results.json (`is_writer`); Orbax checkpoints are
 written and read by every process, each its own shards.
+
+Sweeps and studies with several processes (``scripts/sweep.py``,
+``scripts/reproduce.py``) decide on process 0 alone what depends on the Optuna
+storage or on files, and share the decision (`from_writer`: JSON bytes through
+``multihost_utils.broadcast_one_to_all``), so that every process takes the same path.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -23,9 +29,15 @@ _ENV = {'coordinator_address': 'JAX_COORDINATOR_ADDRESS', 'num_processes': 'JAX_
         'process_id': 'JAX_PROCESS_ID'}
 
 
-def define_flags():
-  """The three absl flags of the scripts (defaults from JAX's environment variables)."""
+def define_flags(heartbeat_timeout: bool = False):
+  """The three absl flags of the scripts (defaults from JAX's environment variables);
+  with ``heartbeat_timeout``, also ``--heartbeat_timeout_s`` (`initialize_from_flags`
+  reads it)."""
   from absl import flags
+  if heartbeat_timeout:
+    flags.DEFINE_integer(
+        'heartbeat_timeout_s', 100, 'Multi-process runs: seconds without a heartbeat after '
+        'which the other processes give up on a dead one (and exit, so a re-run can resume).')
   flags.DEFINE_string('coordinator_address', os.environ.get(_ENV['coordinator_address']),
                       'HOST:PORT of process 0 for a multi-process run (jax.distributed); '
                       "'auto': let JAX detect the cluster (SLURM, TPU pods). Unset: one process.")
@@ -40,10 +52,19 @@ def _int_env(key):
   return int(v) if v not in (None, '') else None
 
 
+def requested() -> bool:
+  """Whether the scripts' flags ask for several processes (a coordinator address)."""
+  from absl import flags
+  return bool(flags.FLAGS.coordinator_address)
+
+
 def initialize_from_flags(heartbeat_timeout_s: int | None = None) -> bool:
-  """Calls `initialize` with the scripts' flags; returns whether the run is multi-process."""
+  """Calls `initialize` with the scripts' flags (``heartbeat_timeout_s`` default:
+  ``--heartbeat_timeout_s`` where defined); returns whether the run is multi-process."""
   from absl import flags
   f = flags.FLAGS
+  if heartbeat_timeout_s is None and 'heartbeat_timeout_s' in f:
+    heartbeat_timeout_s = f.heartbeat_timeout_s
   return initialize(f.coordinator_address, f.num_processes, f.process_id, heartbeat_timeout_s)
 
 
@@ -101,3 +122,42 @@ def sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def _broadcast_bytes(data: bytes | None) -> bytes:
+  """Process 0's ``data`` on every process (collective: every process calls it)."""
+  from jax.experimental import multihost_utils
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(len(data) if is_writer() else 0)))
+  buf = np.frombuffer(data, np.uint8) if is_writer() else np.zeros(n, np.uint8)
+  return np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes()
+
+
+_KINDS = {'ValueError': ValueError, 'ImportError': ImportError,
+          'FileNotFoundError': FileNotFoundError}
+
+
+def from_writer(fn):
+  """``fn()`` run on process 0 alone; every process returns its result. With one
+  process this is ``fn()``. With several, every process must call it at the same
+  point (it is a collective); the result travels as JSON, so it must be JSON-able.
+  An exception in ``fn`` is raised on every process: on process 0 as it is, on the
+  others as the same kind (ValueError, ImportError, FileNotFoundError; else
+  RuntimeError) with its message, so that no process waits for one that stopped."""
+  if jax.process_count() == 1:
+    return fn()
+  if not is_writer():
+    msg = json.loads(_broadcast_bytes(None))
+    if 'error' in msg:
+      kind = _KINDS.get(msg['kind'])
+      raise kind(msg['error']) if kind else RuntimeError(
+          f'process 0 stopped: {msg["kind"]}: {msg["error"]}')
+    return msg['ok']
+  try:
+    out = fn()
+    data = json.dumps({'ok': out}).encode()
+  except Exception as e:
+    kind = next((k for k, t in _KINDS.items() if isinstance(e, t)), type(e).__name__)
+    _broadcast_bytes(json.dumps({'error': ' '.join(str(e).split()) or type(e).__name__,
+                                 'kind': kind}).encode())
+    raise
+  return json.loads(_broadcast_bytes(data))['ok']

@@ -15,6 +15,11 @@ whose worker went silent (a dead machine) is retried by the others.
 ``--pruner=asha`` prunes inside each population (train.prune);
 ``--pruner=optuna_asha`` / ``optuna_hyperband`` trains trials one at a time and
 lets Optuna's own pruner stop them (the baseline of the asha_compare study).
+
+One worker can span several processes (hosts) with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I on each (as scripts/train.py): process 0 alone
+talks to Optuna and writes the sweep's files, the others train the same populations
+with it (research/distributed.py). Such a worker runs without the hang supervisor.
 """
 import sys
 
@@ -25,7 +30,7 @@ configure_cpu_devices()  # before JAX starts: one CPU device per core (research/
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags
 
-from research import cli, supervise
+from research import cli, distributed, supervise
 from research.sweep import runner
 from research.sweep.space import SearchSpaceError
 
@@ -57,6 +62,7 @@ _PRUNER = flags.DEFINE_string(
 _SAMPLER = flags.DEFINE_enum('sampler', 'tpe', list(runner.SAMPLERS),
                              'Bayesian sampler: TPE, or GP (needs torch).')
 flags.mark_flags_as_required(['config', 'workdir'])
+distributed.define_flags(heartbeat_timeout=True)
 
 
 def load_space(config_file: str, arg):
@@ -94,7 +100,10 @@ def main(argv):
     ref += f' --config.train.prune={_PRUNER.value!r}'
   try:
     space = load_space(config_file, _SPACE.value)
-    supervise.supervise()  # the supervisor runs the sweep in a child and exits with its code
+    # The supervisor runs the sweep in a child and exits with its code; a multi-process
+    # worker has none (a restarted process could not rejoin the others).
+    supervise.supervise(0 if distributed.requested() else None)
+    distributed.initialize_from_flags()  # before any JAX computation
     out = runner.run_sweep(
         config, space, _METHOD.value, _TRIALS.value, _WORKDIR.value,
         storage=_STORAGE.value, study_name=_STUDY.value, batch=_BATCH.value, seed=_SEED.value,
@@ -103,6 +112,8 @@ def main(argv):
   except (SearchSpaceError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  if not distributed.is_writer():
+    return
   best = out.get('best')
   print(f"{out['states']}; best: {best['value'] if best else None}")
   if best:

@@ -61,7 +61,9 @@ def sweep(workdir, method, trials, batch=4, space=None, **kw):
                           train_fn=fake_train, **kw)
 
 
-if __name__ == '__main__':  # workdir method trials batch sleep [storage heartbeat_s]
+if __name__ == '__main__':  # workdir method trials batch sleep [storage heartbeat_s [start_at]]
   SLEEP = float(sys.argv[5])
   extra = dict(storage=sys.argv[6], heartbeat_s=int(sys.argv[7])) if len(sys.argv) > 6 else {}
+  if len(sys.argv) > 8:  # start the sweep at this time.time() (workers started together)
+    time.sleep(max(0.0, float(sys.argv[8]) - time.time()))
   sweep(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), **extra)

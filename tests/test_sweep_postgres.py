@@ -60,14 +60,15 @@ def _short(params):
   return _key({k: params[k] for k in ('optim.lr', 'task.beta')})
 
 
-def _machine(host, workdir, url, trials, batch, sleep):
-  """tests/sweep_worker.py as a worker on host ``host`` (socket.gethostname says so)."""
+def _machine(host, workdir, url, trials, batch, sleep, start_at=None):
+  """tests/sweep_worker.py as a worker on host ``host`` (socket.gethostname says so),
+  its sweep started at time ``start_at`` (default: as soon as it is imported)."""
   launcher = ('import runpy, socket, sys; host = sys.argv.pop(1); '
               'socket.gethostname = lambda: host; sys.argv[0] = "tests/sweep_worker.py"; '
               'runpy.run_path("tests/sweep_worker.py", run_name="__main__")')
   return subprocess.Popen(
       [sys.executable, '-c', launcher, host, str(workdir), 'random', str(trials), str(batch),
-       str(sleep), url, str(HEARTBEAT_S)], cwd=REPO, stdout=subprocess.DEVNULL,
+       str(sleep), url, str(HEARTBEAT_S), *([str(start_at)] if start_at else [])], cwd=REPO, stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONPATH': str(REPO)})
 
 
@@ -161,6 +162,33 @@ def test_a_killed_machines_trials_are_retried_by_another_through_postgres(postgr
         f'{(max(t.datetime_complete for t in done) - killed).total_seconds():.1f} s; '
         f'test {wall:.1f} s')
   assert datetime.timedelta(seconds=2 * HEARTBEAT_S) <= stale_after  # not before the grace
+
+
+def test_two_machines_started_at_the_same_moment_on_an_empty_database(postgres, tmp_path):
+  """Machines a and b start their sweeps within milliseconds of each other on a
+  database without Optuna's tables: both create the tables (PostgreSQL refuses one of
+  two concurrent CREATEs with a unique violation; the storage retries) and the study
+  (one wins; only the winner queues the plan, the other waits for it). Both finish,
+  and the 6 planned trials are COMPLETE exactly once, with no other trial."""
+  url = postgres.create_database(f'sweep_{uuid.uuid4().hex[:8]}')
+  planned = runner._plan('random', sw.SPACE, 6, 0)
+  start = time.time() + 8  # after both have imported everything
+  procs = [_machine(f'machine-{m}', tmp_path / m, url, 6, 2, 0.5, start_at=start)
+           for m in 'ab']
+  try:
+    codes = [p.wait(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert codes == [0, 0], [p.stderr.read()[-3000:] for p in procs]
+  assert time.time() > start
+  trials = _trials(url)
+  assert [t.state for t in trials] == [TS.COMPLETE] * 6, [(t.number, t.state) for t in trials]
+  assert sorted(_key(t.params) for t in trials) == sorted(map(_key, planned))
+  trained = _trained(tmp_path / 'a') + _trained(tmp_path / 'b')
+  assert sorted(trained) == sorted(_short(p) for p in planned)  # each trained once
 
 
 def test_a_postgresql_url_without_its_driver_names_the_package(tmp_path, monkeypatch):

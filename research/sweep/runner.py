@@ -76,6 +76,18 @@
   the next worker that asks (`optuna.storages.fail_stale_trials`) and queued
   again the same way. Across machines the budget may be overshot by up to a
   batch per worker (each machine has its own ask lock).
+* **Start-up.** Workers started at the same moment on an empty database collide
+  while Optuna creates its tables (unique violations, optuna/optuna#1092); the
+  storage retries (`_rdb_storage`). The study's creator is the one worker whose
+  ``create_study`` succeeds; it alone queues the plan, the others wait for the
+  signature it records last (`_open_study`). A bad ``--storage`` fails before
+  the workdir is created.
+* **One worker, several processes** (``scripts/sweep.py --coordinator_address
+  ...``, `research.distributed`): process 0 alone opens the storage, asks, tells,
+  recovers orphans and writes files; what it decided reaches the others through
+  `research.distributed.from_writer` (the batch as trial numbers and Optuna's
+  parameters, each pruning decision of ``trial_pruner``, the end), and every
+  process trains the same populations (`train_and_evaluate` spans the processes).
 
 Outputs (`research.sweep.report`): ``trials.csv``, ``trials.md``,
 ``best_so_far.png``, ``importance.json``, ``best_config.txt`` (a ready
@@ -123,12 +135,17 @@ def make_storage(storage: str | None, workdir: Path, heartbeat_s: int = 0):
   ``heartbeat_s > 0`` turns on Optuna's trial heartbeats for the RDB storages
   (sqlite and URLs): a trial silent for ``3 * heartbeat_s`` is stale and retried.
   The journal file has none; its workers share the workdir's locks instead.
-  An RDB storage connects here: a missing driver is an ImportError naming its
-  package, an unreachable database a ValueError (one line each, no password)."""
+  The journal and 'sqlite' create the workdir; a URL leaves it alone, so a bad URL
+  writes nothing. An RDB storage connects here (and creates Optuna's tables, retried
+  when other workers create them at the same moment, `_rdb_storage`): a missing driver
+  is an ImportError naming its package, an unreachable database a ValueError (one line
+  each, no password)."""
   if storage in (None, '', 'journal'):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
+    workdir.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(workdir / 'optuna.journal')))
   if storage == 'sqlite':
+    workdir.mkdir(parents=True, exist_ok=True)
     storage = f'sqlite:///{(workdir / "optuna.db").absolute()}'
   elif '://' not in storage:
     raise ValueError(f"--storage must be 'journal', 'sqlite' or an SQLAlchemy URL, got {storage!r}")
@@ -141,16 +158,55 @@ def make_storage(storage: str | None, workdir: Path, heartbeat_s: int = 0):
     warnings.filterwarnings('ignore', 'Heartbeat of storage is supposed', UserWarning)
     kw = dict(heartbeat_interval=int(heartbeat_s), grace_period=3 * int(heartbeat_s),
               heartbeat_stale_trial_callback=_requeue_stale)
+  return _rdb_storage(storage, kw)
+
+
+CREATE_TRIES = 8  # attempts at Optuna's tables while other workers create them too
+
+
+def _creation_race(e: Exception) -> bool:
+  """Whether a database error is another worker creating the same tables, rows or
+  types at the same moment (optuna/optuna#1092, #4621): a unique violation
+  (SQLSTATE class 23: PostgreSQL's ``pg_type_typname_nsp_index``, alembic's
+  ``alembic_version_pkc``), a table or object that already exists (42P07, 42710),
+  a deadlock or serialization failure (40P01, 40001); SQLite says 'already exists'."""
   import sqlalchemy.exc
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-    try:
-      return optuna.storages.RDBStorage(storage, **kw)  # connects (and creates the tables)
-    except sqlalchemy.exc.OperationalError as e:  # unreachable server, wrong user or database
-      from sqlalchemy.engine import make_url
-      where = make_url(storage).render_as_string(hide_password=True)
-      reason = ' '.join(str(getattr(e, 'orig', None) or e).split())
-      raise ValueError(f'--storage={where}: cannot connect: {reason}') from None
+  orig = getattr(e, 'orig', None)
+  state = getattr(orig, 'sqlstate', None) or getattr(orig, 'pgcode', None)
+  if state:
+    return state.startswith('23') or state in ('42P07', '42710', '40P01', '40001')
+  return (isinstance(e, sqlalchemy.exc.IntegrityError)
+          or 'already exists' in str(orig or e).lower())
+
+
+def _rdb_storage(url: str, kw: dict):
+  """``optuna.storages.RDBStorage(url, **kw)``, which creates Optuna's tables when
+  missing. Workers started together on an empty database collide there; a collision
+  (`_creation_race`) is retried after a short random pause, up to `CREATE_TRIES` times
+  (each retry finds what the others created). Errors are one line without the password."""
+  import random
+
+  import sqlalchemy.exc
+  from sqlalchemy.engine import make_url
+  where = make_url(url).render_as_string(hide_password=True)
+  for attempt in range(1, CREATE_TRIES + 1):
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+      try:
+        return optuna.storages.RDBStorage(url, **kw)  # connects (and creates the tables)
+      except sqlalchemy.exc.DBAPIError as e:
+        reason = ' '.join(str(getattr(e, 'orig', None) or e).split())
+        if not _creation_race(e):
+          if isinstance(e, sqlalchemy.exc.OperationalError):  # unreachable, wrong user or db
+            raise ValueError(f'--storage={where}: cannot connect: {reason}') from None
+          raise ValueError(f'--storage={where}: {type(e).__name__}: {reason}') from None
+        if attempt == CREATE_TRIES:
+          raise ValueError(f"--storage={where}: could not create Optuna's tables, other "
+                           f'workers creating them at the same time ({CREATE_TRIES} tries): '
+                           f'{reason}') from None
+        logging.info('Optuna tables in %s: collided with another worker (%s); retrying',
+                     where, reason)
+        time.sleep(random.uniform(0.05, 0.25) * attempt)
 
 
 # What to install for a database driver SQLAlchemy names (its dialect's driver).
@@ -423,8 +479,10 @@ def population_run(config: ml_collections.ConfigDict, structure: Mapping[str, An
                                  for k, v in sorted(m.items())} for m in members]},
                    sort_keys=True)
   run_dir = runs_dir / hashlib.sha1(key.encode()).hexdigest()[:12]
-  run_dir.mkdir(parents=True, exist_ok=True)
-  (run_dir / 'population.json').write_text(key)
+  from research import distributed
+  if distributed.is_writer():  # (a multi-process worker's process 0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / 'population.json').write_text(key)
   return c, run_dir
 
 
@@ -574,6 +632,60 @@ def optuna_pruner(spec: str, config: ml_collections.ConfigDict) -> optuna.pruner
       reduction_factor=rule.eta, bootstrap_count=0)
 
 
+PLAN_WAIT_S = 120  # how long a worker waits for another to finish queuing the plan
+
+
+def _open_study(store, study_name: str, direction: str, pruner, signature: dict[str, str],
+                metric: str, plan: Callable[[], list[dict]], workdir: Path,
+                shared_locks: bool) -> optuna.Study:
+  """Creates the study, or loads it and checks its signature.
+
+  The worker whose ``create_study`` succeeds (the database decides: study names are
+  unique) queues the plan (grid, random) and then records the signature, ``method``
+  last: a study with ``method`` is complete. A worker that finds the study without
+  it waits for the creator (up to `PLAN_WAIT_S`; workers of one workdir, which hold
+  its lock (``shared_locks``), cannot meet a creator at work: theirs died while
+  queuing) and then finishes the plan itself: the planned points not yet queued
+  (``point``), then the signature."""
+  try:
+    study = optuna.create_study(study_name=study_name, storage=store, direction=direction,
+                                pruner=pruner)
+  except optuna.exceptions.DuplicatedStudyError:
+    study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner)
+    deadline = time.time() + (0 if shared_locks else PLAN_WAIT_S)
+    while 'method' not in study.user_attrs and time.time() < deadline:
+      time.sleep(0.5)
+  saved = study.user_attrs
+  if 'method' not in saved:
+    if study.get_trials(deepcopy=False):
+      logging.warning('Study %r was created but its plan not fully queued (its creator '
+                      'stopped?): queuing the rest', study_name)
+    queued = {t.user_attrs.get('point') for t in study.get_trials(deepcopy=False)}
+    if signature['method'] in ('grid', 'random'):
+      for i, point in enumerate(plan()):
+        if i not in queued:
+          study.enqueue_trial(point, user_attrs={'point': i})
+    # The split comes with the first population's results ('val/nelbo', or
+    # 'train/nelbo' for data without a validation split); until then the bare name.
+    study.set_user_attr('metric', metric)
+    for k, v in signature.items():
+      if k != 'method':
+        study.set_user_attr(k, v)
+    study.set_user_attr('method', signature['method'])
+    return study
+  diff = [k for k, v in signature.items() if saved.get(k) != v]
+  if 'config' in diff and saved.get('config'):
+    a = configlib.flatten(ml_collections.ConfigDict(json.loads(saved['config'])))
+    b = configlib.flatten(ml_collections.ConfigDict(json.loads(signature['config'])))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    diff[diff.index('config')] = f'config (keys differ: {keys})'
+  if diff:
+    raise ValueError(f'{workdir} (study {study_name!r}) holds a sweep with a different '
+                     f'{", ".join(diff)}; use a new --workdir or --study_name, or the '
+                     'same settings to resume')
+  return study
+
+
 def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], method: str,
               trials: int, workdir: str | Path, storage: str | None = None,
               study_name: str = 'sweep', batch: int = 8, seed: int = 0,
@@ -585,7 +697,15 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   ``heartbeat_s``: seconds between trial heartbeats on RDB storages (0: off).
   ``trial_pruner`` (`TRIAL_PRUNERS`, `optuna_pruner`): Optuna's pruner decides
   each trial, trained alone (``batch`` is then 1; ``train_fn`` must take
-  ``on_evaluation``, as `train_and_evaluate` does)."""
+  ``on_evaluation``, as `train_and_evaluate` does).
+
+  With several JAX processes (`research.distributed`: one worker made of several
+  hosts) every process calls this; process 0 alone touches the storage, the locks
+  and the report files, and shares what it decided (`distributed.from_writer`):
+  whether the study opened, each batch it asked (trial numbers and parameters), each
+  per-evaluation pruning decision, the end. Every process then trains the same
+  populations together. The others return {}."""
+  from research import distributed
   from research.sweep import report as report_lib
   if method not in METHODS:
     raise ValueError(f'Unknown sweep method {method!r}; known: {list(METHODS)}')
@@ -609,7 +729,6 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   if train_fn is None:
     from research.train import train_and_evaluate as train_fn
   workdir = Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
   task = make_task(config.task)
   member_keys = population.member_keys(task.hparam_keys)
   direction = 'minimize' if task.select_mode == 'min' else 'maximize'
@@ -620,67 +739,69 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
   signature = _signature(method, space, trials, config, seed, bayes_sampler)
   if trial_pruner:  # (absent otherwise, so that older studies keep their signature)
     signature['trial_pruner'] = trial_pruner
-  store = make_storage(storage, workdir, heartbeat_s)
-  worker = _Worker(workdir)
   lock = workdir / 'sweep.lock'
   datasets = _dataset_loader()  # for the cost of mixing widths, loaded when first needed
   t_start = time.time()
-  try:
+  leader = distributed.is_writer()
+  held: dict[str, Any] = {}  # process 0's worker, study, asked trials and summary
+
+  def open_study():
+    store = make_storage(storage, workdir, heartbeat_s)  # a bad URL: no workdir written
+    workdir.mkdir(parents=True, exist_ok=True)
+    held['worker'] = _Worker(workdir)
     with _flock(lock):
-      study = optuna.create_study(study_name=study_name, storage=store, direction=direction,
-                                  load_if_exists=True, pruner=pruner)
-      saved = study.user_attrs
-      if 'method' not in saved:
-        for k, v in signature.items():
-          study.set_user_attr(k, v)
-        # The split comes with the first population's results ('val/nelbo', or
-        # 'train/nelbo' for data without a validation split); until then the bare name.
-        study.set_user_attr('metric', metric)
-        if method in ('grid', 'random'):
-          for i, point in enumerate(planned or _plan(method, space, trials, seed)):
-            study.enqueue_trial(point, user_attrs={'point': i})
-      else:
-        diff = [k for k, v in signature.items() if saved.get(k) != v]
-        if 'config' in diff and saved.get('config'):
-          a = configlib.flatten(ml_collections.ConfigDict(json.loads(saved['config'])))
-          b = configlib.flatten(ml_collections.ConfigDict(json.loads(signature['config'])))
-          keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-          diff[diff.index('config')] = f'config (keys differ: {keys})'
-        if diff:
-          raise ValueError(f'{workdir} (study {study_name!r}) holds a sweep with a different '
-                           f'{", ".join(diff)}; use a new --workdir or --study_name, or the '
-                           'same settings to resume')
-    while True:
-      with _flock(lock):
-        recover_orphans(study, workdir)
-        all_trials = study.get_trials(deepcopy=False)
-        c = _counts(all_trials)
-        study.sampler = _sampler(method, seed, len(all_trials), bayes_sampler,
-                                 startup if startup is not None else min(10, batch))
-        asked = []
-        fresh_left = (trials - c['counted'] - c['waiting']) if method == 'bayes' else 0
-        waiting = c['waiting']
-        for _ in range(batch):
-          if waiting > 0:
-            waiting -= 1
-          elif fresh_left > 0:
-            fresh_left -= 1
-          else:
-            break
-          t = study.ask()
-          t.set_user_attr('worker', worker.id)
-          asked.append((t, space_lib.suggest(t, space)))
-      if not asked:
-        break
-      with _heartbeats(study, [t for t, _ in asked]):
-        _train_batch(study, config, asked, member_keys, metric, workdir, train_fn, datasets,
-                     trial_pruning=pruner is not None)
+      held['study'] = _open_study(
+          store, study_name, direction, pruner, signature, metric,
+          lambda: planned or _plan(method, space, trials, seed), workdir,
+          shared_locks=storage in (None, '', 'journal', 'sqlite'))
+
+  def ask() -> list:
+    study, worker = held['study'], held['worker']
+    with _flock(lock):
+      recover_orphans(study, workdir)
+      all_trials = study.get_trials(deepcopy=False)
+      c = _counts(all_trials)
+      study.sampler = _sampler(method, seed, len(all_trials), bayes_sampler,
+                               startup if startup is not None else min(10, batch))
+      held['asked'] = {}
+      fresh_left = (trials - c['counted'] - c['waiting']) if method == 'bayes' else 0
+      waiting = c['waiting']
+      for _ in range(batch):
+        if waiting > 0:
+          waiting -= 1
+        elif fresh_left > 0:
+          fresh_left -= 1
+        else:
+          break
+        t = study.ask()
+        t.set_user_attr('worker', worker.id)
+        space_lib.suggest(t, space)
+        held['asked'][t.number] = t
+    return [[number, t.params] for number, t in held['asked'].items()]
+
+  def write_report():
     if report:
       with _flock(lock):
-        return report_lib.write(study, workdir, space, config, config_ref, t_start)
-    return {}
+        held['summary'] = report_lib.write(held['study'], workdir, space, config, config_ref,
+                                           t_start)
+
+  try:
+    distributed.from_writer(open_study)
+    while True:
+      shared = distributed.from_writer(ask)  # [[trial number, Optuna's params], ...]
+      if not shared:
+        break
+      study = held.get('study')
+      items = [(held['asked'][n] if leader else None, space_lib.decode(space, params))
+               for n, params in shared]
+      with (_heartbeats(study, [t for t, _ in items]) if leader else contextlib.nullcontext()):
+        _train_batch(study, config, items, member_keys, metric, workdir, train_fn, datasets,
+                     trial_pruning=pruner is not None)
+    distributed.from_writer(write_report)
+    return held.get('summary', {})
   finally:
-    worker.close()
+    if 'worker' in held:
+      held['worker'].close()
 
 
 def _dataset_loader() -> Callable:
@@ -729,7 +850,10 @@ def _trial_pruning(trial, run_dir: Path, metric: str, reported: dict):
 def _train_program(study, config, items, program: Program, member_keys, metric, workdir,
                    train_fn, dataset_fn, trial_pruning=False):
   """Trains one program and tells its trials (``items``: (trial, values) in order);
-  with ``trial_pruning`` (one trial), the study's pruner may stop it."""
+  with ``trial_pruning`` (one trial), the study's pruner may stop it. On processes
+  other than 0 of a multi-process worker ``study`` and the trials are None: they
+  train the same program and tell nothing (process 0 shares each pruning decision)."""
+  from research import distributed
   from research.train import DivergenceError
   t0 = time.time()
   run_dir = None
@@ -745,15 +869,23 @@ def _train_program(study, config, items, program: Program, member_keys, metric, 
     c, run_dir = population_run(config, program.structure, program.members, workdir / 'runs')
     if trial_pruning:
       (trial, _), = items
-      out = train_fn(c, run_dir, on_evaluation=_trial_pruning(trial, run_dir, metric,
-                                                              reported[0]))
+      rule = []  # process 0: the trial's pruning rule, built at the first evaluation
+
+      def on_evaluation(epoch, values):
+        def should_prune() -> bool:
+          if not rule:
+            rule.append(_trial_pruning(trial, run_dir, metric, reported[0]))
+          return bool(rule[0](epoch, values)[0])
+        return np.array([distributed.from_writer(should_prune)])
+
+      out = train_fn(c, run_dir, on_evaluation=on_evaluation)
     else:
       out = train_fn(c, run_dir)
   except Exception as e:  # noqa: BLE001 - tell the trials, then decide
     if isinstance(e, ValueError) and program.num_kinds > 1:
       # A mix the structure checks refuse (an unusual parameter layout): one program per kind.
       logging.warning('Trials %s cannot train as one program (%s); training each structure '
-                      'separately', [t.number for t, _ in items], e)
+                      'separately', [t.number for t, _ in items if t is not None], e)
       for k in range(program.num_kinds):
         sub = [item for item, kind in zip(items, program.kinds) if kind == k]
         (single,) = plan_programs(config, [v for _, v in sub], member_keys, dataset_fn)
@@ -762,15 +894,19 @@ def _train_program(study, config, items, program: Program, member_keys, metric, 
       return
     reason = 'diverged' if isinstance(e, DivergenceError) else f'error: {type(e).__name__}: {e}'
     wall = time.time() - t0
-    for t, _ in items:
-      if run_dir is not None:
-        record(t, wall)
-      t.set_user_attr('fail_reason', reason[:500])
-      study.tell(t, state=TrialState.FAIL)
+    if study is not None:
+      for t, _ in items:
+        if run_dir is not None:
+          record(t, wall)
+        t.set_user_attr('fail_reason', reason[:500])
+        study.tell(t, state=TrialState.FAIL)
     if isinstance(e, DivergenceError):
-      logging.warning('Population of trials %s diverged: %s', [t.number for t, _ in items], e)
+      logging.warning('Population of trials %s diverged: %s',
+                      [t.number for t, _ in items if t is not None], e)
       return
     raise
+  if study is None:  # another process than 0: process 0 tells
+    return
   wall = time.time() - t0
   selected = _selected_metric(out, metric)
   if study.user_attrs.get('metric') != selected:
