@@ -9,6 +9,13 @@ holds another study, the same study at another budget, or a run that is no study
 is refused before anything is written. Re-running the same command resumes. A run
 that hangs (no training progress within train.watchdog_s) writes hang-*.txt and is
 restarted from its last checkpoint, up to --hang_retries times.
+
+Several processes (hosts) run one study with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I on each (research/distributed.py), for the studies
+that train only through common.train_variant (MULTI_PROCESS_STUDIES in
+research/experiments/common.py): every process trains each run together, process 0
+writes study.json, the reports and plots, the others replay the study against a
+scratch directory (common.follow). There is no hang supervisor then.
 """
 import inspect
 from pathlib import Path
@@ -19,7 +26,7 @@ configure_cpu_devices()  # before JAX starts: one CPU device per core (research/
 
 from absl import app, flags  # noqa: E402
 
-from research import cli, experiments, supervise  # noqa: E402
+from research import cli, distributed, experiments, supervise  # noqa: E402
 from research.errors import UserError  # noqa: E402
 
 _EXPERIMENT = flags.DEFINE_string('experiment', None, f'One of {sorted(experiments.EXPERIMENTS)}.')
@@ -30,6 +37,7 @@ _DATA_PATH = flags.DEFINE_string(
     'data_path', None, 'Data file for studies that read one (JSB_Chorales.mat for rnn_music, '
     'lstm_variants); default: the path in their config.')
 flags.mark_flags_as_required(['experiment', 'workdir'])
+distributed.define_flags(heartbeat_timeout=True)
 
 
 def _takes_data_path() -> list[str]:
@@ -53,12 +61,24 @@ def main(argv):
       raise UserError(f'--data_path={_DATA_PATH.value}: no such file'
                       + (' (it is a directory)' if path.is_dir() else ''))
     kwargs['data_path'] = _DATA_PATH.value
-  common.claim_workdir(workdir, name, budget, write=False)  # refuse before anything starts
-  supervise.supervise()  # the supervisor runs the rest in a child and exits with its code
-  cli.setup_logging()
-  common.claim_workdir(workdir, name, budget)
+  if distributed.requested():
+    if name not in common.MULTI_PROCESS_STUDIES:
+      raise UserError(f'--experiment={name} does not run with several processes; those that '
+                      f'do: {", ".join(common.MULTI_PROCESS_STUDIES)}')
+    cli.setup_logging()  # no supervisor: a restarted process could not rejoin the others
+    distributed.initialize_from_flags()  # before any JAX computation
+    distributed.from_writer(lambda: common.claim_workdir(workdir, name, budget))
+  else:
+    distributed.initialize_from_flags()  # (refuses --num_processes without an address)
+    common.claim_workdir(workdir, name, budget, write=False)  # refuse before anything starts
+    supervise.supervise()  # the supervisor runs the rest in a child and exits with its code
+    cli.setup_logging()
+    common.claim_workdir(workdir, name, budget)
   try:
-    run(workdir, budget=budget, **kwargs)
+    if distributed.is_writer():
+      run(workdir, budget=budget, **kwargs)
+    else:  # the same steps, its files in a scratch directory
+      common.follow(run, workdir, budget=budget, **kwargs)
   except ValueError as e:
     if 'holds a run with a different config' not in str(e):
       raise

@@ -3,14 +3,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from research import cli, configlib
 from research.errors import UserError
 from research.train import train_and_evaluate
 
 STUDY_FILE = 'study.json'  # {"experiment": name, "budget": budget}, written at a study's start
+
+# Studies that run with several processes (scripts/reproduce.py --coordinator_address ...):
+# those that train only through `train_variant` (no run_sweep, no load_trained or other
+# JAX work of their own), so that `follow` can replay them on processes other than 0.
+MULTI_PROCESS_STUDIES = ('hybrid_ablation', 'mnist1d', 'pbt', 'rnn_music', 'ucr')
+_SCRATCH: tuple[Path, Path] | None = None  # (scratch, shared workdir) while `follow` runs
 
 
 def variant_config(config_file: str, arg: str, **overrides: Any):
@@ -22,8 +30,46 @@ def variant_config(config_file: str, arg: str, **overrides: Any):
 
 def train_variant(config_file: str, arg: str, workdir: Path, **overrides: Any) -> dict:
   """Trains `variant_config(config_file, arg, **overrides)` in ``workdir`` (resuming
-  if a run is there)."""
-  return train_and_evaluate(variant_config(config_file, arg, **overrides), workdir)
+  if a run is there; under `follow`, in the shared workdir's run of that name)."""
+  return train_and_evaluate(variant_config(config_file, arg, **overrides), _shared_run(workdir))
+
+
+def follow(run: Callable[..., dict], workdir: str | Path, **kwargs: Any) -> dict:
+  """A study on a process other than 0 of a multi-process run: ``run`` goes through the
+  same steps as on process 0, so that every process trains each population together,
+  but against a scratch directory, deleted at the end, that takes its reports, plots
+  and results.json; each run it trains through `train_variant` is the shared
+  ``workdir``'s (a link in the scratch directory leads there, for what the study
+  reads back, such as metrics.jsonl)."""
+  global _SCRATCH
+  scratch = Path(tempfile.mkdtemp(prefix='study-process-')).absolute()
+  _SCRATCH = (scratch, Path(workdir).absolute())
+  try:
+    return run(scratch, **kwargs)
+  finally:
+    _SCRATCH = None
+    shutil.rmtree(scratch, ignore_errors=True)  # the links only, not what they lead to
+
+
+def _shared_run(workdir: str | Path) -> Path:
+  """``workdir`` itself, or under `follow` the shared run a scratch path stands for
+  (with a link from the scratch path to it)."""
+  if _SCRATCH is None:
+    return Path(workdir)
+  scratch, shared = _SCRATCH
+  rel = Path(workdir).absolute().relative_to(scratch)
+  link = scratch
+  for part in rel.parts[:-1]:
+    link = link / part
+    if link.is_symlink():  # inside a run already linked
+      return shared / rel
+    link.mkdir(exist_ok=True)
+  link = link / rel.name
+  if link.is_dir() and not link.is_symlink():
+    link.rmdir()  # made by the study (empty); OSError if it wrote there
+  if not link.is_symlink():
+    link.symlink_to(shared / rel, target_is_directory=True)
+  return shared / rel
 
 
 def write_report(workdir: Path, title: str, intro: str, sections: list[str],
