@@ -21,9 +21,8 @@ run them) and the same sweep seeds:
 * ``random``: unpruned random search, batches trained as populations;
 * ``asha``: the same with ASHA inside each batch's population;
 * ``optuna_asha``: every trial alone, Optuna's ``SuccessiveHalvingPruner``;
-* ``hyperband`` / ``optuna_hyperband``: Hyperband both ways (in the ``full``
-  budget only inside the population: Optuna's one by one costs as much as
-  ``optuna_asha`` again; ``run(..., arms=ARMS)`` adds it).
+* ``hyperband`` / ``optuna_hyperband``: Hyperband both ways (inside the
+  population; Optuna's ``HyperbandPruner`` over trials one by one).
 
 Reported per arm: the best validation negative ELBO of the completed trials
 (median and range over sweep seeds) and the test value of that trial; the
@@ -59,7 +58,7 @@ ARMS = {
 PAIRS = (('asha', 'optuna_asha'), ('hyperband', 'optuna_hyperband'))
 BUDGETS = {
     'full': dict(trials=32, seeds=(0, 1, 2), epochs=30, eval_every=5, batch=8, eta=3, min=1,
-                 arms=('random', 'asha', 'optuna_asha', 'hyperband')),
+                 arms=('random', 'asha', 'optuna_asha', 'hyperband', 'optuna_hyperband')),
     'smoke': dict(trials=4, seeds=(0,), epochs=3, eval_every=1, batch=4, eta=2, min=1,
                   arms=('random', 'asha', 'optuna_asha', 'hyperband')),
 }
