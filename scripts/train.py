@@ -28,10 +28,7 @@ from ml_collections import config_flags  # noqa: E402
 from research import cli, distributed, results  # noqa: E402
 from research.train import train_and_evaluate  # noqa: E402
 
-distributed.define_flags()
-_HEARTBEAT = flags.DEFINE_integer(
-    'heartbeat_timeout_s', 100, 'Multi-process runs: seconds without a heartbeat after which '
-    'the other processes give up on a dead one (and exit, so a re-run can resume).')
+distributed.define_flags(heartbeat_timeout=True)
 
 __doc__ += cli.configs_help()  # --help lists configs/*.py and their variants
 
@@ -98,7 +95,7 @@ def main(argv):
   cli.setup_logging()
   config = _CONFIG.value
   if not _DRY_RUN.value:
-    distributed.initialize_from_flags(_HEARTBEAT.value)  # before any JAX computation
+    distributed.initialize_from_flags()  # before any JAX computation
   if _DRY_RUN.value:
     dry_run(config)
     return
