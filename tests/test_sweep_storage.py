@@ -22,9 +22,10 @@ def _files(d):
 
 @pytest.mark.parametrize('storage, message', [
     ('postgresq://u:secret@127.0.0.1/sweeps', "SQLAlchemy knows no database 'postgresq'"),
-    (f'postgresql://u:secret@127.0.0.1:{_closed_port()}/sweeps', 'cannot connect: '),
-])
+    ('postgresql://u:secret@127.0.0.1:{port}/sweeps', 'cannot connect: '),
+], ids=['unknown-driver', 'no-server'])  # the port is picked at run time: xdist's workers
 def test_a_bad_storage_url_is_one_line_and_creates_no_workdir(tmp_path, storage, message):
+  storage = storage.format(port=_closed_port())  # must collect the same test ids
   workdir = tmp_path / 'new' / 'sweep'
   p = run_script('sweep.py', '--config=configs/vae_digits.py:quick', '--space=small',
                  '--trials=2', f'--workdir={workdir}', f'--storage={storage}', timeout=120)
