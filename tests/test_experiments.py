@@ -129,7 +129,7 @@ def _planned_lstm_runs(tmp_path, monkeypatch, budget, eval_epochs=(1, 2), progra
   monkeypatch.setattr(lstm_variants, 'train_variant', fake_train)
   monkeypatch.setattr(lstm_variants, 'analyse', stop)
   if programs is not None:
-    monkeypatch.setattr(lstm_variants, 'plan_programs', lambda b, data_path=None: programs)
+    monkeypatch.setattr(lstm_variants, 'plan_programs', lambda b, data_path=None, max_programs=0: programs)
   with pytest.raises(Stop):
     lstm_variants.run(tmp_path / budget, budget, data_path=str(_jsb_file(tmp_path)))
   return calls, seen['trials']
