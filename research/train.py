@@ -750,7 +750,8 @@ class _Members:
     device rows' values."""
     for k, v in values.items():
       self.hp_host[k] = np.array(v, self.hp_host[k].dtype)
-    self.hp = self.run.layout.put({k: a[self.index] for k, a in self.hp_host.items()})
+    # (a tree: mixed optimizers keep per-rule values in nested dicts)
+    self.hp = self.run.layout.put(jax.tree.map(lambda a: a[self.index], self.hp_host))
 
   def full(self, state: MemberState) -> MemberState:
     if not self.retired:

@@ -93,3 +93,19 @@ def test_a_compact_fraction_outside_0_1_is_refused(tmp_path, value):
   with pytest.raises(ValueError, match=r'train.compact=.*fraction in \[0, 1\]'):
     train_and_evaluate(config(value), tmp_path / 'run')
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_population_of_mixed_widths_and_optimizers_compacts_like_the_uncompacted_run(
+    tmp_path):
+  """Narrow members' padding masks are nested trees along the member axis; compaction
+  repacks them like every other member-axis array (a mixed sweep batch under ASHA)."""
+  from research.experiments.common import variant_config
+  pop = 'seed=0,1,2,3 optim.name=adam,rmsprop,sgd,adam model.latent=2,8,32,8'
+  cfg = lambda compact: variant_config(
+      'configs/vae_digits.py', 'quick,epochs=4,patience=0', population=pop,
+      population_mode='zip', **{'train.eval_every': 1, 'train.prune': 'asha:eta=2,min=1',
+                                'train.compact': compact})
+  plain = train_and_evaluate(cfg(0.0), tmp_path / 'plain')
+  compact = train_and_evaluate(cfg(0.5), tmp_path / 'compact')
+  assert compact['member_steps']['computed'] < compact['member_steps']['uncompacted']
+  assert_same_members(plain, compact)
