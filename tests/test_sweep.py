@@ -227,6 +227,25 @@ def test_a_dead_machines_trials_are_retried_when_its_heartbeats_stop(tmp_path, m
                     (t.number, 'no heartbeat') for t in running]
   assert out['states'] == {**out['states'], 'COMPLETE': 6, 'FAIL': 2, 'RUNNING': 0}
 
+def test_a_trial_another_machine_has_just_asked_is_left_alone_until_the_grace_is_over(tmp_path):
+  # Between study.ask and recording its worker, a remote asker's trial is RUNNING
+  # without a worker. On a storage shared by machines another worker's recovery must
+  # not fail it then (it did, under load: a live trial was failed as 'interrupted'
+  # and trained twice); one still without a worker after the grace is a dead asker's.
+  db = f'sqlite:///{tmp_path / "shared.db"}'
+  study = optuna.create_study(study_name='sweep',
+                              storage=runner.make_storage(db, tmp_path / 'b', heartbeat_s=1))
+  study.ask({'x': optuna.distributions.FloatDistribution(0, 1)})  # "a" asked, then paused
+  assert runner.recover_orphans(study, tmp_path / 'b', grace_s=60) == []
+  assert [t.state for t in study.trials] == [TS.RUNNING]
+  assert runner.recover_orphans(study, tmp_path / 'b', grace_s=0) == [0]  # past the grace
+  assert [t.state for t in study.trials] == [TS.FAIL, TS.WAITING]
+  assert study.trials[1].user_attrs['retry_of'] == 0
+  # Where every asker holds this workdir's ask lock (grace_s=None), no wait is needed.
+  study.ask()
+  assert runner.recover_orphans(study, tmp_path / 'b') == [1]
+
+
 @pytest.mark.slow
 def test_cli_sweeps_the_digits_vae_and_fails_a_diverging_trial(tmp_path):
   proc = run_script('sweep.py', '--config=configs/vae_digits.py:quick', '--method=grid',

@@ -60,7 +60,7 @@ def _short(params):
   return _key({k: params[k] for k in ('optim.lr', 'task.beta')})
 
 
-def _machine(host, workdir, url, trials, batch, sleep, start_at=None):
+def _machine(host, workdir, url, trials, batch, sleep, start_at=None, heartbeat_s=HEARTBEAT_S):
   """tests/sweep_worker.py as a worker on host ``host`` (socket.gethostname says so),
   its sweep started at time ``start_at`` (default: as soon as it is imported)."""
   launcher = ('import runpy, socket, sys; host = sys.argv.pop(1); '
@@ -68,7 +68,7 @@ def _machine(host, workdir, url, trials, batch, sleep, start_at=None):
               'runpy.run_path("tests/sweep_worker.py", run_name="__main__")')
   return subprocess.Popen(
       [sys.executable, '-c', launcher, host, str(workdir), 'random', str(trials), str(batch),
-       str(sleep), url, str(HEARTBEAT_S), *([str(start_at)] if start_at else [])], cwd=REPO, stdout=subprocess.DEVNULL,
+       str(sleep), url, str(heartbeat_s), *([str(start_at)] if start_at else [])], cwd=REPO, stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONPATH': str(REPO)})
 
 
@@ -169,11 +169,16 @@ def test_two_machines_started_at_the_same_moment_on_an_empty_database(postgres, 
   database without Optuna's tables: both create the tables (PostgreSQL refuses one of
   two concurrent CREATEs with a unique violation; the storage retries) and the study
   (one wins; only the winner queues the plan, the other waits for it). Both finish,
-  and the 6 planned trials are COMPLETE exactly once, with no other trial."""
+  and the 6 planned trials are COMPLETE exactly once, with no other trial.
+
+  Nobody is killed here, so the heartbeat is long (stale after 90 s): with the 1-s
+  beat of the kill test, a loaded machine (CI with parallel test workers) can
+  delay a live worker's beat past its 3-s grace, and the other worker then rightly
+  fails and retries that trial, which is what the kill test checks, not this one."""
   url = postgres.create_database(f'sweep_{uuid.uuid4().hex[:8]}')
   planned = runner._plan('random', sw.SPACE, 6, 0)
   start = time.time() + 8  # after both have imported everything
-  procs = [_machine(f'machine-{m}', tmp_path / m, url, 6, 2, 0.5, start_at=start)
+  procs = [_machine(f'machine-{m}', tmp_path / m, url, 6, 2, 0.5, start_at=start, heartbeat_s=30)
            for m in 'ab']
   try:
     codes = [p.wait(timeout=120) for p in procs]

@@ -74,8 +74,11 @@
   records one per running trial every ``heartbeat_s`` seconds, and a RUNNING
   trial whose last heartbeat is older than ``3 * heartbeat_s`` is failed by
   the next worker that asks (`optuna.storages.fail_stale_trials`) and queued
-  again the same way. Across machines the budget may be overshot by up to a
-  batch per worker (each machine has its own ask lock).
+  again the same way. A worker records a trial's first heartbeat as it asks
+  it; a RUNNING trial that has no worker recorded yet is a remote asker's
+  between those steps, and counts as dead only once it is ``3 * heartbeat_s``
+  old. Across machines the budget may be overshot by up to a batch per worker
+  (each machine has its own ask lock).
 * **Start-up.** Workers started at the same moment on an empty database collide
   while Optuna creates its tables (unique violations, optuna/optuna#1092); the
   storage retries (`_rdb_storage`). The study's creator is the one worker whose
@@ -99,6 +102,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime
 import fcntl
 import hashlib
 import json
@@ -304,12 +308,21 @@ class _Worker:
     (self.dir / f'{self.id}.lock').unlink(missing_ok=True)
 
 
-def _worker_alive(workdir: Path, worker: str | None) -> bool:
-  """Whether a trial's worker may still be running it. False when its lock file
-  is here and nobody holds it, or when the trial never got a worker (its asker
-  died between asking and recording itself, inside the ask lock)."""
+def _worker_alive(workdir: Path, t, grace_s: float | None = None) -> bool:
+  """Whether trial ``t``'s worker may still be running it. False when its lock
+  file is here and nobody holds it, or when the trial never got a worker: its
+  asker died between asking and recording itself. With ``grace_s=None`` every
+  asker of the study asks under this workdir's ask lock (local storages), so a
+  trial without a worker is a dead asker's. On a storage shared by machines
+  (``grace_s`` seconds) it may be a live remote asker's, a few milliseconds
+  before it records itself; it counts as dead once it started ``grace_s`` ago
+  (by this machine's clock against the asker's: clocks must agree to well
+  within the grace)."""
+  worker = t.user_attrs.get('worker')
   if not worker:
-    return False
+    if grace_s is None or t.datetime_start is None:
+      return False
+    return (datetime.datetime.now() - t.datetime_start).total_seconds() < grace_s
   path = workdir / 'workers' / f'{worker}.lock'
   if not path.exists():
     # Workers on this host always have a lock file while alive; elsewhere we cannot tell.
@@ -400,12 +413,13 @@ def _requeue_stale(study: optuna.Study, t) -> None:
   _requeue(study, t, 'no heartbeat')
 
 
-def recover_orphans(study: optuna.Study, workdir: Path) -> list[int]:
+def recover_orphans(study: optuna.Study, workdir: Path, grace_s: float | None = None) -> list[int]:
   """RUNNING trials of dead local workers -> FAIL ('interrupted') + a queued retry;
-  with heartbeats on, also trials of any worker whose heartbeat went stale."""
+  with heartbeats on, also trials of any worker whose heartbeat went stale.
+  ``grace_s``: see `_worker_alive` (None: all askers share this ask lock)."""
   retried = []
   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-    if _worker_alive(workdir, t.user_attrs.get('worker')):
+    if _worker_alive(workdir, t, grace_s):
       continue
     try:
       study._storage.set_trial_user_attr(t._trial_id, 'fail_reason', 'interrupted')
@@ -753,17 +767,23 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
       held['study'] = _open_study(
           store, study_name, direction, pruner, signature, metric,
           lambda: planned or _plan(method, space, trials, seed), workdir,
-          shared_locks=storage in (None, '', 'journal', 'sqlite'))
+          shared_locks=shared_locks)
+
+  shared_locks = storage in (None, '', 'journal', 'sqlite')
+  # On a URL shared by machines, a RUNNING trial without a worker may be a live
+  # remote asker's (see `_worker_alive`); its first heartbeat follows at once.
+  orphan_grace_s = None if shared_locks else 3 * (heartbeat_s if heartbeat_s > 0 else 60)
 
   def ask() -> list:
     study, worker = held['study'], held['worker']
     with _flock(lock):
-      recover_orphans(study, workdir)
+      recover_orphans(study, workdir, orphan_grace_s)
       all_trials = study.get_trials(deepcopy=False)
       c = _counts(all_trials)
       study.sampler = _sampler(method, seed, len(all_trials), bayes_sampler,
                                startup if startup is not None else min(10, batch))
       held['asked'] = {}
+      beats = getattr(study._storage, 'get_heartbeat_interval', lambda: None)()
       fresh_left = (trials - c['counted'] - c['waiting']) if method == 'bayes' else 0
       waiting = c['waiting']
       for _ in range(batch):
@@ -774,6 +794,8 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
         else:
           break
         t = study.ask()
+        if beats:  # from now on Optuna's staleness covers it (not only once training starts)
+          study._storage.record_heartbeat(t._trial_id)
         t.set_user_attr('worker', worker.id)
         space_lib.suggest(t, space)
         held['asked'][t.number] = t
