@@ -246,6 +246,31 @@ def test_a_trial_another_machine_has_just_asked_is_left_alone_until_the_grace_is
   assert runner.recover_orphans(study, tmp_path / 'b') == [1]
 
 
+def test_points_two_machines_both_queued_for_a_dead_creator_train_once(tmp_path, monkeypatch):
+  # The creator of a shared study died after queuing 2 of its 6 planned points; two
+  # waiting machines then both queued the 4 missing ones (each saw them missing). A
+  # worker asking that queue trains every planned point once: the later copy of each
+  # point is dropped as it is asked, and the drops do not count against the budget.
+  db = f'sqlite:///{tmp_path / "shared.db"}'
+  planned = runner._plan('random', sw.SPACE, 6, 0)
+  study = optuna.create_study(study_name='sweep', storage=runner.make_storage(db, tmp_path))
+  for i in (0, 1, 2, 3, 4, 5, 2, 3, 4, 5):
+    study.enqueue_trial(planned[i], user_attrs={'point': i})
+  monkeypatch.setattr(runner, 'PLAN_WAIT_S', 0)  # the creator is gone: do not wait for it
+  out = sw.sweep(tmp_path / 'c', 'random', 6, batch=4, storage=db, heartbeat_s=1)
+  trials = _study(tmp_path, db).trials
+  assert [(t.state, t.user_attrs.get('fail_reason')) for t in trials] == (
+      [(TS.COMPLETE, None)] * 6 + [(TS.FAIL, 'duplicate')] * 4)
+  assert sorted(_key(t.params) for t in trials[:6]) == sorted(map(_key, planned))
+  short = lambda m: _key({k: m[k] for k in ('optim.lr', 'task.beta')})  # noqa: E731
+  assert sorted(short(m) for c in _calls(tmp_path / 'c') for m in c['members']) == sorted(
+      map(short, planned))  # trained once each
+  assert out['states']['COMPLETE'] == 6
+  # A planned sweep whose queue another machine emptied gets a sampled trial from
+  # Optuna's ask: it is dropped, not trained.
+  assert runner._superfluous(study, study.ask(), planned=True) == 'unplanned'
+
+
 @pytest.mark.slow
 def test_cli_sweeps_the_digits_vae_and_fails_a_diverging_trial(tmp_path):
   proc = run_script('sweep.py', '--config=configs/vae_digits.py:quick', '--method=grid',

@@ -78,7 +78,9 @@
   it; a RUNNING trial that has no worker recorded yet is a remote asker's
   between those steps, and counts as dead only once it is ``3 * heartbeat_s``
   old. Across machines the budget may be overshot by up to a batch per worker
-  (each machine has its own ask lock).
+  (each machine has its own ask lock) for ``bayes``; planned sweeps train each
+  point once (`_superfluous` drops a planned point queued twice, or a trial
+  Optuna sampled because another machine had emptied the queue).
 * **Start-up.** Workers started at the same moment on an empty database collide
   while Optuna creates its tables (unique violations, optuna/optuna#1092); the
   storage retries (`_rdb_storage`). The study's creator is the one worker whose
@@ -389,12 +391,42 @@ def _counts(trials) -> dict[str, int]:
   for t in trials:
     if t.state == TrialState.WAITING:
       out['waiting'] += 1
-    elif t.state == TrialState.FAIL and (t.user_attrs.get('fail_reason') == 'interrupted'
+    elif t.state == TrialState.FAIL and (t.user_attrs.get('fail_reason') in NOT_COUNTED
                                          or t.number in retried):
       out['interrupted'] += 1
     else:
       out['counted'] += 1
   return out
+
+
+# Failed trials that do not count against the budget: an interrupted one (queued
+# again), and one asked in a race between machines that `_superfluous` drops.
+NOT_COUNTED = ('interrupted', 'duplicate', 'unplanned')
+
+
+def _superfluous(study: optuna.Study, t, planned: bool) -> str | None:
+  """Why trial ``t``, just asked, must not train (None: it trains).
+
+  Across machines each asks under its own lock, so two races reach here. The
+  queue may run dry between counting and asking (another machine took the
+  last queued points): Optuna then samples a fresh trial, which a planned
+  sweep (grid, random) never wants ('unplanned'). And two workers finishing a
+  dead creator's plan may both queue a missing point: the copy with the higher
+  number is dropped when it is asked ('duplicate'; a point whose earlier trial
+  failed and was queued again is a retry, not a copy)."""
+  if not planned:
+    return None
+  point = t.user_attrs.get('point')  # every queued planned trial has one, retries too
+  if point is None:
+    return 'unplanned'
+  trials = study.get_trials(deepcopy=False)
+  retried = {u.user_attrs['retry_of'] for u in trials if 'retry_of' in u.user_attrs}
+  for u in trials:
+    if u.number < t.number and u.user_attrs.get('point') == point and not (
+        u.state == TrialState.FAIL
+        and (u.user_attrs.get('fail_reason') in NOT_COUNTED or u.number in retried)):
+      return 'duplicate'
+  return None
 
 
 def _requeue(study: optuna.Study, t, reason: str) -> None:
@@ -786,7 +818,7 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
       beats = getattr(study._storage, 'get_heartbeat_interval', lambda: None)()
       fresh_left = (trials - c['counted'] - c['waiting']) if method == 'bayes' else 0
       waiting = c['waiting']
-      for _ in range(batch):
+      while len(held['asked']) < batch:
         if waiting > 0:
           waiting -= 1
         elif fresh_left > 0:
@@ -794,6 +826,15 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
         else:
           break
         t = study.ask()
+        why = _superfluous(study, t, method != 'bayes')
+        if why:
+          logging.warning('Trial %d dropped (%s: another machine asked at the same time)',
+                          t.number, why)
+          t.set_user_attr('fail_reason', why)
+          study.tell(t, state=TrialState.FAIL)
+          if why == 'unplanned':
+            break  # the queue is empty
+          continue
         if beats:  # from now on Optuna's staleness covers it (not only once training starts)
           study._storage.record_heartbeat(t._trial_id)
         t.set_user_attr('worker', worker.id)
