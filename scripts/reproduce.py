@@ -36,13 +36,17 @@ _BUDGET = flags.DEFINE_enum('budget', 'full', ['smoke', 'full'],
 _DATA_PATH = flags.DEFINE_string(
     'data_path', None, 'Data file for studies that read one (JSB_Chorales.mat for rnn_music, '
     'lstm_variants); default: the path in their config.')
+_MAX_PROGRAMS = flags.DEFINE_integer(
+    'max_programs', None, 'At most this many compiled training programs, for studies that '
+    'group their trials by a cost model (lstm_variants); default: as many as the cost model '
+    'finds cheapest on this backend.')
 flags.mark_flags_as_required(['experiment', 'workdir'])
 distributed.define_flags(heartbeat_timeout=True)
 
 
-def _takes_data_path() -> list[str]:
+def _taking(arg: str) -> list[str]:
   return [name for name, run in experiments.EXPERIMENTS.items()
-          if 'data_path' in inspect.signature(run).parameters]
+          if arg in inspect.signature(run).parameters]
 
 
 def main(argv):
@@ -55,12 +59,19 @@ def main(argv):
   if _DATA_PATH.value is not None:
     if 'data_path' not in inspect.signature(run).parameters:
       raise UserError(f'--data_path does not apply to --experiment={name} (only to '
-                      f'{", ".join(_takes_data_path())})')
+                      f'{", ".join(_taking("data_path"))})')
     path = Path(_DATA_PATH.value).expanduser()
     if not path.is_file():
       raise UserError(f'--data_path={_DATA_PATH.value}: no such file'
                       + (' (it is a directory)' if path.is_dir() else ''))
     kwargs['data_path'] = _DATA_PATH.value
+  if _MAX_PROGRAMS.value is not None:
+    if 'max_programs' not in inspect.signature(run).parameters:
+      raise UserError(f'--max_programs does not apply to --experiment={name} (only to '
+                      f'{", ".join(_taking("max_programs"))})')
+    if _MAX_PROGRAMS.value < 1:
+      raise UserError(f'--max_programs={_MAX_PROGRAMS.value}: must be at least 1')
+    kwargs['max_programs'] = _MAX_PROGRAMS.value
   if distributed.requested():
     if name not in common.MULTI_PROCESS_STUDIES:
       raise UserError(f'--experiment={name} does not run with several processes; those that '

@@ -55,6 +55,19 @@ def test_data_path_for_a_study_that_reads_no_file(tmp_path):
                   'lstm_variants, rnn_music)')
 
 
+@pytest.mark.parametrize('experiment, value, message', [
+    ('mnist1d', '2', 'error: --max_programs does not apply to --experiment=mnist1d (only to '
+                     'lstm_variants)'),
+    ('lstm_variants', '0', 'error: --max_programs=0: must be at least 1'),
+])
+def test_max_programs_only_where_trials_are_grouped_and_positive(tmp_path, experiment, value,
+                                                                 message):
+  line = _one_error_line(_script('reproduce', f'--experiment={experiment}',
+                                 f'--workdir={tmp_path / "w"}', f'--max_programs={value}'))
+  assert line == message
+  assert not (tmp_path / 'w').exists()
+
+
 @pytest.mark.parametrize('holds, found', [
     ({'study.json': {'experiment': 'bptt', 'budget': 'smoke'}},
      "holds the 'bptt' study (--budget=smoke, study.json), not 'mnist1d'"),

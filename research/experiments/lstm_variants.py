@@ -148,7 +148,9 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None,
   configs = {}  # program index -> (config, workdir)
   program_info = []
   for k, kinds in enumerate(programs):
-    wd = workdir / f'program_{k}'
+    # A capped grouping trains other programs: its own directories, so that runs with
+    # and without the cap share a workdir (and each resumes) without colliding.
+    wd = workdir / (f'max{max_programs}_program_{k}' if max_programs else f'program_{k}')
     arg, over = _config_args(b, kinds, data_path, kind_trials)
     t_prog = time.time()
     out = train_variant('configs/music.py', arg, wd, **over)
