@@ -36,7 +36,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for all outputs of this run.')
 _DRY_RUN = flags.DEFINE_bool(
-    'dry_run', False, 'Print the resolved config, the members and the parameter count of one '
+    'dry_run', False, 'Print the resolved config, the members and the parameter count per '
     'member, then exit without training (no workdir needed; none is created).')
 flags.mark_flag_as_required('config')
 
@@ -53,7 +53,7 @@ def dry_run(config) -> None:
   import jax
   import jax.numpy as jnp
 
-  from research import configlib, population
+  from research import configlib, population, structure
   from research.data import load_dataset
   from research.models import build_model
   from research.tasks import make_task
@@ -79,14 +79,34 @@ def dry_run(config) -> None:
     raise ValueError(f'train.batch_size={batch} exceeds the {sizes["train"]} training examples')
   print(f'\ndata: {config.data.name}, ' + ', '.join(f'{k} {n}' for k, n in sizes.items())
         + f'; {steps} steps per epoch, {steps * int(config.train.epochs)} in total')
-  model = build_model(config.model, dataset.info)
   sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
   extra = {'lengths': sample['lengths']} if 'lengths' in sample else {}
   key = jax.random.PRNGKey(0)
-  shapes = jax.eval_shape(
-      lambda: model.init({'params': key, 'dropout': key}, sample['x'], train=False, **extra))
-  n_params = sum(int(x.size) for x in jax.tree.leaves(shapes['params']))
-  print(f'model: {config.model.name}, {n_params} parameters per member')
+
+  def count(model_config) -> int:
+    model = build_model(model_config, dataset.info)
+    shapes = jax.eval_shape(
+        lambda: model.init({'params': key, 'dropout': key}, sample['x'], train=False, **extra))
+    return sum(int(x.size) for x in jax.tree.leaves(shapes['params']))
+
+  # Members whose variant or widths differ have their own parameters (those of their solo
+  # run), counted at their own shapes; the program holds them padded to the widest.
+  model_keys = [k for k in structure.structural_varied(members, task.hparam_keys)
+                if k not in structure.RULE_KEYS]
+  if not model_keys:
+    print(f'model: {config.model.name}, {count(config.model)} parameters per member')
+    return
+  counts: dict[str, int] = {}
+  for i, m in enumerate(members):
+    own = structure.member_config(config, m, model_keys).model
+    sig = own.to_json_best_effort(sort_keys=True)
+    if sig not in counts:
+      counts[sig] = count(own)
+    print(f'  member {i}: {counts[sig]} parameters')
+  program, _ = structure.program_model(config, members, model_keys)
+  print(f'model: {config.model.name}, {min(counts.values())} to {max(counts.values())} '
+        f'parameters per member (its own shapes; varied: {", ".join(model_keys)}); the '
+        f'program pads them to the widest, {count(program)} per member')
 
 
 def main(argv):

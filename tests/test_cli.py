@@ -50,6 +50,18 @@ def test_relative_config_from_another_directory_and_dry_run(tmp_path):
   assert not (tmp_path / 'w').exists() and not list(tmp_path.iterdir())
 
 
+def test_dry_run_counts_each_member_at_its_own_width(tmp_path):
+  # Residual MLP on 40 inputs, 10 classes: 40h + h + h*h + h + 10h + 10 parameters.
+  proc = _run('train.py', '--config=configs/mnist1d.py:model=mlp,quick', '--dry_run',
+              '--config.population=model.hidden=8,16', '--config.data.num_samples=300')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  n = lambda h: 40 * h + h + h * h + h + 10 * h + 10  # noqa: E731
+  assert f'member 0: {n(8)} parameters' in proc.stdout
+  assert f'member 1: {n(16)} parameters' in proc.stdout
+  assert (f'{n(8)} to {n(16)} parameters per member (its own shapes; varied: model.hidden); '
+          f'the program pads them to the widest, {n(16)} per member') in proc.stdout
+
+
 @pytest.mark.parametrize('config, named', [
     ('configs/mnist1d.py:model=resnet', ["'resnet'", 'linear, mlp, cnn, gru, cnn_gru']),
     ('configs/vae_digits.py:bta=2', ["'bta'", "did you mean 'beta'", 'anneal, anneal_steps']),
