@@ -174,11 +174,14 @@ class Trainer:
     plan, K = self.plan, len(self.members)
     seeds = _host(hp['seed'])
     rngs, embedded = [None] * K, [None] * K
-    for kind, model in enumerate(plan.own_models):
-      idx = [i for i in range(K) if plan.member_kind[i] == kind]
-      draw = jax.jit(lambda s, model=model: jax.lax.map(
-          lambda x: self.init_variables(model, x), s))
-      r, v = jax.device_get(draw(jnp.asarray(seeds[idx])))
+    kinds = [[i for i in range(K) if plan.member_kind[i] == kind]
+             for kind in range(len(plan.own_models))]
+
+    def draw(seeds_per_kind):  # one program for every kind: one compilation, not one per kind
+      return [jax.lax.map(lambda x, model=model: self.init_variables(model, x), s)
+              for model, s in zip(plan.own_models, seeds_per_kind)]
+    drawn = jax.device_get(jax.jit(draw)([jnp.asarray(seeds[idx]) for idx in kinds]))
+    for idx, (r, v) in zip(kinds, drawn):
       for j, i in enumerate(idx):
         rngs[i] = r[j]
         embedded[i] = plan.embed(i, jax.tree.map(lambda a: a[j], v))
