@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ast
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import ml_collections
 
@@ -181,3 +181,15 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, An
     else:
       out[name] = value
   return out
+
+
+def once_per_config(fn: Callable[[ml_collections.ConfigDict], Any]) -> Callable:
+  """``fn`` of a config, called once per distinct config (by its sorted JSON)."""
+  cache: dict[str, Any] = {}
+
+  def once(config: ml_collections.ConfigDict) -> Any:
+    key = config.to_json_best_effort(sort_keys=True)
+    if key not in cache:
+      cache[key] = fn(config)
+    return cache[key]
+  return once

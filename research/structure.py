@@ -216,18 +216,6 @@ def _unflatten(flat: dict) -> dict:
   return traverse_util.unflatten_dict(flat) if flat else {}
 
 
-def _once(abstract_init):
-  """``abstract_init`` tracing each model config once (members share widths)."""
-  traced: dict[str, Any] = {}
-
-  def once(model_config):
-    sig = model_config.to_json_best_effort(sort_keys=True)
-    if sig not in traced:
-      traced[sig] = abstract_init(model_config)
-    return traced[sig]
-  return once
-
-
 def make_plan(config: ml_collections.ConfigDict, members: list[dict[str, Any]],
               task_keys: tuple[str, ...], abstract_init) -> Plan | None:
   """The plan for ``members`` (None when no structural key varies).
@@ -238,7 +226,7 @@ def make_plan(config: ml_collections.ConfigDict, members: list[dict[str, Any]],
   if not keys:
     return None
   refuse_inexact(config, keys, members)
-  abstract_init = _once(abstract_init)
+  abstract_init = configlib.once_per_config(abstract_init)  # each model config traced once
   rule_keys = [k for k in keys if k in RULE_KEYS]
   model_keys = [k for k in keys if k not in RULE_KEYS]
   rules, member_rule = None, [0] * len(members)

@@ -869,15 +869,10 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
 
 def _dataset_loader() -> Callable:
   """``data config -> Dataset``, each loaded once (on first use)."""
-  cache: dict[str, Any] = {}
-
   def load(data_config):
-    key = data_config.to_json_best_effort(sort_keys=True)
-    if key not in cache:
-      from research.data import load_dataset
-      cache[key] = load_dataset(data_config)
-    return cache[key]
-  return load
+    from research.data import load_dataset
+    return load_dataset(data_config)
+  return configlib.once_per_config(load)
 
 
 def _train_batch(study, config, asked, member_keys, metric, workdir, train_fn,
