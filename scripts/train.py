@@ -96,17 +96,14 @@ def dry_run(config) -> None:
   if not model_keys:
     print(f'model: {config.model.name}, {count(config.model)} parameters per member')
     return
-  counts: dict[str, int] = {}
-  for i, m in enumerate(members):
-    own = structure.member_config(config, m, model_keys).model
-    sig = own.to_json_best_effort(sort_keys=True)
-    if sig not in counts:
-      counts[sig] = count(own)
-    print(f'  member {i}: {counts[sig]} parameters')
+  count_once = configlib.once_per_config(count)
+  counts = [count_once(structure.member_config(config, m, model_keys).model) for m in members]
+  for i, n in enumerate(counts):
+    print(f'  member {i}: {n} parameters')
   program, _ = structure.program_model(config, members, model_keys)
-  print(f'model: {config.model.name}, {min(counts.values())} to {max(counts.values())} '
-        f'parameters per member (its own shapes; varied: {", ".join(model_keys)}); the '
-        f'program pads them to the widest, {count(program)} per member')
+  print(f'model: {config.model.name}, {min(counts)} to {max(counts)} parameters per member '
+        f'(its own shapes; varied: {", ".join(model_keys)}); the program pads them to the '
+        f'widest, {count(program)} per member')
 
 
 def main(argv):
