@@ -51,12 +51,11 @@ def _workdir_given(values):
 def dry_run(config) -> None:
   """Prints what a run of ``config`` would be: config, members, data, parameters."""
   import jax
-  import jax.numpy as jnp
 
   from research import configlib, population, structure
   from research.data import load_dataset
-  from research.models import build_model
   from research.tasks import make_task
+  from research.train import abstract_init
 
   task = make_task(config.task)
   members = population.expand(config, task.hparam_keys)
@@ -79,14 +78,10 @@ def dry_run(config) -> None:
     raise ValueError(f'train.batch_size={batch} exceeds the {sizes["train"]} training examples')
   print(f'\ndata: {config.data.name}, ' + ', '.join(f'{k} {n}' for k, n in sizes.items())
         + f'; {steps} steps per epoch, {steps * int(config.train.epochs)} in total')
-  sample = {k: jnp.asarray(v[:1]) for k, v in dataset.train.items()}
-  extra = {'lengths': sample['lengths']} if 'lengths' in sample else {}
-  key = jax.random.PRNGKey(0)
+  shapes_of = abstract_init(dataset)
 
   def count(model_config) -> int:
-    model = build_model(model_config, dataset.info)
-    shapes = jax.eval_shape(
-        lambda: model.init({'params': key, 'dropout': key}, sample['x'], train=False, **extra))
+    _, shapes = shapes_of(model_config)
     return sum(int(x.size) for x in jax.tree.leaves(shapes['params']))
 
   # Members whose variant or widths differ have their own parameters (those of their solo

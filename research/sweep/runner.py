@@ -254,11 +254,16 @@ def _with_driver(url: str) -> str:
                     f'installed: {pip}')
 
 
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+  # an RDBStorage comes wrapped in Optuna's cache: duck-type it
+  return getattr(study._storage, 'get_heartbeat_interval', lambda: None)()
+
+
 @contextlib.contextmanager
 def _heartbeats(study: optuna.Study, trials):
   """Records a heartbeat for each of ``trials`` now and every interval until exit."""
-  storage = study._storage  # an RDBStorage comes wrapped in Optuna's cache: duck-type it
-  interval = getattr(storage, 'get_heartbeat_interval', lambda: None)()
+  storage = study._storage
+  interval = _heartbeat_interval(study)
   if not interval:
     yield
     return
@@ -815,7 +820,7 @@ def run_sweep(config: ml_collections.ConfigDict, space: Mapping[str, Any], metho
       study.sampler = _sampler(method, seed, len(all_trials), bayes_sampler,
                                startup if startup is not None else min(10, batch))
       held['asked'] = {}
-      beats = getattr(study._storage, 'get_heartbeat_interval', lambda: None)()
+      beats = _heartbeat_interval(study)
       fresh_left = (trials - c['counted'] - c['waiting']) if method == 'bayes' else 0
       waiting = c['waiting']
       while len(held['asked']) < batch:
