@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
       # the program continues with the live ones only (stopped members cost no compute;
       # research/train.py `_Members`); 0 = never
       compact=0.5,
+      # a mixed population's member kinds (research/structure.py) at their own shapes inside
+      # one program (research/groups.py): 'none' (every member padded to the widest, mixed
+      # model) | 'kinds' (one group per kind) | 'cost' (the cost model groups kinds)
+      groups='none',
       # pruning over the member axis after each evaluation (research/pruning.py):
       # '' | 'median[:warmup=W]' (Vizier's rule; 'median:rule=optuna' Optuna's)
       # | 'asha[:eta=E,min=M]' | 'hyperband[:eta=E,min=M,brackets=B]'

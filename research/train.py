@@ -49,6 +49,7 @@ import optax
 
 from research import checkpoint as ckpt_lib
 from research import augment, configlib, distributed, errors, mesh as mesh_lib, optim
+from research import groups as groups_lib
 from research import pbt as pbt_lib
 from research import population, provenance
 from research import pruning, results
@@ -152,6 +153,12 @@ class Trainer:
       self.shuffle = jax.jit(vmap(self._shuffle))
       self.train_chunk = jax.jit(vmap(self._train_chunk), donate_argnums=0)
       self.train_epoch = self.stream_epoch
+
+  def for_rows(self, index) -> 'Trainer':
+    """The epoch and evaluation functions for a population whose rows hold members
+    ``index`` (after compaction): the same for every row set here; `research.groups`
+    groups members by rows."""
+    return self
 
   # ---- per-member pure functions (vmapped above) ----
 
@@ -623,7 +630,16 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
   K = len(members)
   layout = mesh_lib.make_layout(K, int(config.train.batch_size),
                                 config.train.get('data_parallel', 0), devices)
-  trainer = Trainer(config, dataset, members, task, plan, layout)
+  how = groups_lib.parse(config.train.get('groups', 'none'))
+  parts = (groups_lib.partition(how, config, plan, members, dataset, layout.members)
+           if how != 'none' and plan is not None and plan.mixes_model else [])
+  if len(parts) > 1:  # member kinds at their own shapes, inside one program
+    trainer = groups_lib.Grouped(Trainer, config, dataset, members, task, plan, layout, parts,
+                                 configlib.once_per_config(abstract_init(dataset)))
+    logging.info('%d members in %d groups of one program: %s', K, len(parts),
+                 ', '.join(str(len(p)) for p in parts))
+  else:
+    trainer = Trainer(config, dataset, members, task, plan, layout)
   shard, replicated, n_shards = layout.member, layout.replicated, layout.members
   if jax.process_count() > 1 and layout.devices != len(devices or jax.devices()):
     raise ValueError(
@@ -849,7 +865,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   try:
     for epoch in range(start_epoch, epochs):
       t0 = time.time()
-      state, metrics = trainer.train_epoch(state, rows.hp, run.train_data)
+      state, metrics = trainer.for_rows(rows.index).train_epoch(state, rows.hp, run.train_data)
       jax.block_until_ready(state.step)
       done = epoch + 1
       if epoch == start_epoch and first_epoch_s is None:
@@ -866,7 +882,8 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
                 member_steps=work)
           _interrupted(stop.signum, done, workdir)
         continue
-      evals = {name: trainer.evaluate(state.params, state.model_state, rows.hp, d)
+      evaluate = trainer.for_rows(rows.index).evaluate
+      evals = {name: evaluate(state.params, state.model_state, rows.hp, d)
                for name, d in run.eval_data.items() if name != 'test'}
       state = trainer.update_best(state, evals[select][run.task.select_metric],
                                   jnp.int32(done))
@@ -1144,6 +1161,8 @@ def _final_results(run: Setup, state: MemberState, meta: dict, workdir: Path,
       run.config.experiment, rows,
       members=member_results, num_members=K, num_params=int(n_params),
       **({'pbt_lineage': lineage} if meta.get('hp') else {}),
+      **({'groups': run.trainer.describe()} if isinstance(run.trainer, groups_lib.Grouped)
+         else {}),
       select_metric=f'{run.select_split}/{run.task.select_metric}',
       train_time_s=float(meta.get('train_time_s', 0.0)),
       member_steps=meta.get('member_steps'),
