@@ -400,7 +400,7 @@ VARIANT_KEY = 'model.rnn.cell_options.variant'
 HIDDEN_KEY = 'model.rnn.hidden'
 PROGRAM_VARIANTS = ('vanilla', 'NIG', 'NFG', 'NOG', 'NIAF', 'NOAF', 'NP', 'CIFG')
 PROGRAM_DATA = ('copy', 'music')
-PROGRAM_CANDIDATES = ('mixed', 'cost', 'fitted')  # besides 'separate', always run
+PROGRAM_CANDIDATES = ('mixed', 'cost', 'fitted', 'grouped')  # besides 'separate', always run
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -483,13 +483,17 @@ class Program:
   epoch_losses: Callable[[], np.ndarray]  # the last epoch's mean training loss per member
   first_losses: np.ndarray  # (members, steps): every step's loss in the first epoch
   times: list[float] = dataclasses.field(default_factory=list)  # wall s of each timed call
+  inner_groups: list[list[int]] | None = None  # train.groups: member indices of each group
 
 
-def build_program(base, members: list[dict[str, Any]], name: str = '') -> Program:
+def build_program(base, members: list[dict[str, Any]], name: str = '',
+                  groups: str = 'none') -> Program:
   """Sets up, initialises and compiles the epoch of ``members``' program and runs
-  it once (the runs the benchmark times come after)."""
-  from research import structure, train
+  it once (the runs the benchmark times come after). ``groups``: its
+  ``train.groups`` (`research.groups`)."""
+  from research import groups as groups_lib, structure, train
   cfg = program_config(base, members)
+  cfg.train.groups = groups
   t0 = time.perf_counter()
   run = train.setup(cfg)
   state = run.init_state()
@@ -512,10 +516,12 @@ def build_program(base, members: list[dict[str, Any]], name: str = '') -> Progra
   keys = [k for k in members[0] if k != 'seed']
   flops = structure.padded_flops(cfg, [{k: m[k] for k in keys} for m in members],
                                  run.dataset, keys)
+  inner = ([[int(i) for i in g.ids] for g in run.trainer.groups]
+           if isinstance(run.trainer, groups_lib.Grouped) else None)
   return Program(name, members, run.n_shards, run.trainer.steps_per_epoch, flops, setup_s,
                  compile_s, first, one_epoch,
                  lambda: np.asarray(box['metrics']['loss'], np.float64).mean(axis=1),
-                 first_losses)
+                 first_losses, inner_groups=inner)
 
 
 def _timed_compile(jitted, *args):
@@ -597,10 +603,12 @@ def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, 
   epoch after compilation untimed): ``mixed`` (one program), ``separate``
   (one program per kind, each a population of its seeds, one after another),
   ``cost model`` (`research.structure.program_groups` under the current
-  `research.structure.COST`) and, given ``fitted`` constants, ``cost model
-  (fitted)``; a partition equal to an earlier candidate's is not built or timed
-  again. ``candidates``: which of ``mixed``, ``cost`` and ``fitted`` (the
-  last needs ``fitted``) run besides ``separate``.
+  `research.structure.COST`), given ``fitted`` constants ``cost model
+  (fitted)``, and ``grouped`` (one program, ``train.groups='cost'``: the cost
+  model's groups of kinds inside it, each at its own shapes; `research.groups`);
+  a padded partition equal to an earlier candidate's is not built or timed
+  again. ``candidates``: which of ``mixed``, ``cost``, ``fitted`` (it needs
+  ``fitted``) and ``grouped`` run besides ``separate``.
 
   Losses: every member's loss at each step of its first epoch must equal, to
   relative ``rtol``, its loss in ``separate`` (``losses_match``; the first
@@ -630,10 +638,12 @@ def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, 
     with cost_constants(fitted):
       partitions['cost model (fitted)'] = structure.program_groups(kinds, counts, kflops,
                                                                    devices)
+  if 'grouped' in candidates:
+    partitions['grouped'] = [list(range(len(kinds)))]
   same_as: dict[str, str] = {}
   seen: dict[tuple, str] = {}
   for name, groups in partitions.items():
-    key = tuple(sorted(tuple(sorted(g)) for g in groups))
+    key = (name == 'grouped',) + tuple(sorted(tuple(sorted(g)) for g in groups))
     if key in seen:
       same_as[name] = seen[key]
     else:
@@ -646,7 +656,8 @@ def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, 
     for g in groups:
       members = [{'seed': s, **kinds[i]} for i in g for s in range(seeds)]
       label = ' + '.join(kind_name(kinds[i]) for i in g)
-      programs[name].append(build_program(base, members, label))
+      programs[name].append(build_program(base, members, label,
+                                          'cost' if name == 'grouped' else 'none'))
       logging.info('programs %s: built %s (%d members, setup %.1f s, compile %.1f s)', name,
                    label, len(members), programs[name][-1].setup_s,
                    programs[name][-1].compile_s)
@@ -672,11 +683,19 @@ def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, 
            'setup_s': sum(p.setup_s for p in progs),
            'compile_s': sum(p.compile_s for p in progs),
            'first_epoch_s': sum(p.first_epoch_s for p in progs),
-           'predicted_ms': 1e3 * predicted_epoch_s(groups, counts, kflops, steps, devices),
+           # grouped: its groups cost what the cost model's padded programs do, per step
+           'predicted_ms': 1e3 * predicted_epoch_s(
+               structure.program_groups(kinds, counts, kflops, devices)
+               if name == 'grouped' else groups, counts, kflops, steps, devices),
            'program_rows': [{'program': p.name, 'members': len(p.members),
                              'devices': p.n_shards, 'flops': p.flops,
                              'median_ms': 1e3 * statistics.median(p.times),
-                             'compile_s': p.compile_s} for p in progs],
+                             'compile_s': p.compile_s,
+                             **({'inner_groups': [sorted({kind_name({k: p.members[i][k]
+                                                                     for k in kinds[0]})
+                                                          for i in g})
+                                                  for g in p.inner_groups]}
+                                if p.inner_groups else {})} for p in progs],
            'loss_max_abs_diff': first['max_abs'], 'loss_max_rel_diff': first['max_rel'],
            'loss_worst_member': first['worst'],
            'loss_last_max_abs_diff': last['max_abs'], 'loss_last_max_rel_diff': last['max_rel'],

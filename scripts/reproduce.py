@@ -37,9 +37,10 @@ _DATA_PATH = flags.DEFINE_string(
     'data_path', None, 'Data file for studies that read one (JSB_Chorales.mat for rnn_music, '
     'lstm_variants); default: the path in their config.')
 _MAX_PROGRAMS = flags.DEFINE_integer(
-    'max_programs', None, 'At most this many compiled training programs, for studies that '
-    'group their trials by a cost model (lstm_variants); default: as many as the cost model '
-    'finds cheapest on this backend.')
+    'max_programs', None, 'For studies that group their trials by a cost model '
+    '(lstm_variants): train them as at most this many padded programs (every member at its '
+    "program's widest, mixed shape); default: one program whose groups of kinds each step at "
+    'its own shapes (train.groups=kinds).')
 flags.mark_flags_as_required(['experiment', 'workdir'])
 distributed.define_flags(heartbeat_timeout=True)
 

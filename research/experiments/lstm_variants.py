@@ -11,10 +11,13 @@ dropping peepholes (NP) are harmless; the learning rate matters most.
 
 Here: random trials (learning rate, momentum, input-noise std; hidden size
 from a short list) drawn independently per variant, trained with SGD +
-momentum. All (variant, hidden size) kinds' trials train as a few populations
-of mixed structure (`research.structure`: one mixed LSTM cell, narrow members
-zero-padded), grouped by `research.structure.program_groups`'s cost model;
-each member ends where its solo run would. Per variant we report
+momentum. All (variant, hidden size) kinds' trials train as one population of
+mixed structure (`research.structure`) in one compiled program, in which each
+kind steps at its own shapes (`research.groups`, ``train.groups='kinds'``: on 2
+CPU cores faster than the cost model's padded groups, whose mixed cells pay for
+gates and activations their members lack);
+``max_programs`` trains padded programs instead (one mixed LSTM cell per
+program, narrow members zero-padded). Each member ends where its solo run would. Per variant we report
 the test NLL of the best 10% of trials by *validation* NLL, but at least 3 (our
 12-24 trials per variant are far fewer than Greff's 200, so 10% alone would be 1-2),
 Welch's t-test against vanilla on those trials, the epochs the best trials need
@@ -99,13 +102,19 @@ def _program_population(kinds: list[tuple[str, int]], trials: dict) -> str:
 
 def plan_programs(b: dict, data_path: str | None = None,
                   max_programs: int = 0) -> list[list[tuple[str, int]]]:
-  """The (variant, hidden) kinds each program holds, as `structure.program_groups`
-  partitions them by its cost model (padded member-step FLOPs on the music data;
-  ``max_programs > 0``: at most that many, merged where that costs least)."""
+  """The (variant, hidden) kinds each program holds. ``max_programs=0``: one program
+  of every kind, trained with ``train.groups='kinds'`` (`research.groups`: inside it
+  each kind steps at its own shapes). ``max_programs > 0``:
+  padded programs (every member at its program's widest, mixed shape), as
+  `structure.program_groups` partitions the kinds by its cost model (padded
+  member-step FLOPs on the music data), merged where that costs least until at most
+  ``max_programs`` are left."""
   import jax
 
   from research.train import load_dataset
   kinds = [(v, h) for h in b['hidden'] for v in b['variants']]
+  if not max_programs:
+    return [kinds]
   config = _config(b, kinds, data_path)
   dataset = load_dataset(config.data)
   flops = lambda g: structure.padded_flops(
@@ -150,8 +159,10 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None,
   for k, kinds in enumerate(programs):
     # A capped grouping trains other programs: its own directories, so that runs with
     # and without the cap share a workdir (and each resumes) without colliding.
-    wd = workdir / (f'max{max_programs}_program_{k}' if max_programs else f'program_{k}')
+    wd = workdir / (f'max{max_programs}_program_{k}' if max_programs else 'grouped')
     arg, over = _config_args(b, kinds, data_path, kind_trials)
+    if not max_programs:
+      over['train.groups'] = 'kinds'
     t_prog = time.time()
     out = train_variant('configs/music.py', arg, wd, **over)
     configs[k] = (variant_config('configs/music.py', arg, **over), wd)
@@ -159,7 +170,10 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None,
                          'kinds': [{'variant': v, 'hidden': h} for v, h in kinds],
                          'members': sum(len(kind_trials[kind]) for kind in kinds),
                          'wall_time_s': time.time() - t_prog,
-                         'member_steps': out.get('member_steps')})
+                         'member_steps': out.get('member_steps'),
+                         # research.groups: which kinds stepped together inside the program
+                         'groups': [[{'variant': kinds[i][0], 'hidden': kinds[i][1]}
+                                     for i in g['kinds']] for g in out.get('groups') or []]})
     val_curves = _member_curves(wd, 'val/loss')
     slots = [(kind, i, t) for kind in kinds for i, t in enumerate(kind_trials[kind])]
     assert len(out['members']) == len(slots), (wd, len(out['members']), len(slots))
@@ -233,19 +247,27 @@ def run(workdir: str | Path, budget: str = 'full', data_path: str | None = None,
 
 def _programs_text(program_info: list[dict], n_kinds: int, train_wall: float) -> str:
   """Which (variant, hidden) kinds each training program held, and the wall time."""
+  grouped = [p for p in program_info if p.get('groups')]
+  how = ('inside it each group of kinds stepped at its own shapes (`research.groups`)'
+         if grouped else
+         'kinds grouped into padded programs by the cost model '
+         '(`research.structure.program_groups`)')
   lines = [f'**Training programs**: the {n_kinds} (variant, hidden) kinds trained as '
-           f'{len(program_info)} program(s), grouped by the cost model '
-           '(`research.structure.program_groups`); every member ends where its solo run '
+           f'{len(program_info)} program(s); {how}; every member ends where its solo run '
            f'(same seed and hyperparameters) ends. JSB training took {train_wall:.0f} s of '
            'wall time in all. Member-steps: computed (after compaction drops stopped members) '
            'and what the same programs would compute without compaction.', '',
            '| program | kinds (variant/hidden) | members | wall time | member-steps computed / uncompacted |',
            '|---|---|---|---|---|']
+  fmt = lambda kinds: ', '.join(f'{k["variant"]}/{k["hidden"]}' for k in kinds)
   for p in program_info:
-    kinds = ', '.join(f'{k["variant"]}/{k["hidden"]}' for k in p['kinds'])
     ms = p.get('member_steps') or {}
-    lines.append(f'| {p["workdir"]} | {kinds} | {p["members"]} | {p["wall_time_s"]:.0f} s | '
-                 f'{ms.get("computed", 0)} / {ms.get("uncompacted", 0)} |')
+    lines.append(f'| {p["workdir"]} | {fmt(p["kinds"])} | {p["members"]} | '
+                 f'{p["wall_time_s"]:.0f} s | {ms.get("computed", 0)} / '
+                 f'{ms.get("uncompacted", 0)} |')
+  for p in grouped:
+    lines += ['', f'Groups inside `{p["workdir"]}`: ' +
+              '; '.join(f'[{fmt(g)}]' for g in p['groups'])]
   return '\n'.join(lines)
 
 
