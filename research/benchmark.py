@@ -400,7 +400,7 @@ VARIANT_KEY = 'model.rnn.cell_options.variant'
 HIDDEN_KEY = 'model.rnn.hidden'
 PROGRAM_VARIANTS = ('vanilla', 'NIG', 'NFG', 'NOG', 'NIAF', 'NOAF', 'NP', 'CIFG')
 PROGRAM_DATA = ('copy', 'music')
-PROGRAM_CANDIDATES = ('mixed', 'cost', 'fitted', 'grouped')  # besides 'separate', always run
+PROGRAM_CANDIDATES = ('mixed', 'cost', 'fitted', 'grouped', 'kinds')  # besides 'separate', always run
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -605,10 +605,11 @@ def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, 
   ``cost model`` (`research.structure.program_groups` under the current
   `research.structure.COST`), given ``fitted`` constants ``cost model
   (fitted)``, and ``grouped`` (one program, ``train.groups='cost'``: the cost
-  model's groups of kinds inside it, each at its own shapes; `research.groups`);
-  a padded partition equal to an earlier candidate's is not built or timed
-  again. ``candidates``: which of ``mixed``, ``cost``, ``fitted`` (it needs
-  ``fitted``) and ``grouped`` run besides ``separate``.
+  model's groups of kinds inside it, each at its own shapes; `research.groups`)
+  and ``kinds`` (one program, ``train.groups='kinds'``: every kind at its own
+  shapes); a padded partition equal to an earlier candidate's is not built or
+  timed again. ``candidates``: which of ``mixed``, ``cost``, ``fitted`` (it
+  needs ``fitted``), ``grouped`` and ``kinds`` run besides ``separate``.
 
   Losses: every member's loss at each step of its first epoch must equal, to
   relative ``rtol``, its loss in ``separate`` (``losses_match``; the first
@@ -638,12 +639,14 @@ def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, 
     with cost_constants(fitted):
       partitions['cost model (fitted)'] = structure.program_groups(kinds, counts, kflops,
                                                                    devices)
-  if 'grouped' in candidates:
-    partitions['grouped'] = [list(range(len(kinds)))]
+  inside = {'grouped': 'cost', 'kinds': 'kinds'}  # one program, train.groups=<value>
+  for name in inside:
+    if name in candidates:
+      partitions[name] = [list(range(len(kinds)))]
   same_as: dict[str, str] = {}
   seen: dict[tuple, str] = {}
   for name, groups in partitions.items():
-    key = (name == 'grouped',) + tuple(sorted(tuple(sorted(g)) for g in groups))
+    key = (inside.get(name),) + tuple(sorted(tuple(sorted(g)) for g in groups))
     if key in seen:
       same_as[name] = seen[key]
     else:
@@ -656,8 +659,7 @@ def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, 
     for g in groups:
       members = [{'seed': s, **kinds[i]} for i in g for s in range(seeds)]
       label = ' + '.join(kind_name(kinds[i]) for i in g)
-      programs[name].append(build_program(base, members, label,
-                                          'cost' if name == 'grouped' else 'none'))
+      programs[name].append(build_program(base, members, label, inside.get(name, 'none')))
       logging.info('programs %s: built %s (%d members, setup %.1f s, compile %.1f s)', name,
                    label, len(members), programs[name][-1].setup_s,
                    programs[name][-1].compile_s)
@@ -685,8 +687,9 @@ def programs_case(shape: ProgramShape, kinds: list[dict[str, Any]], seeds: int, 
            'first_epoch_s': sum(p.first_epoch_s for p in progs),
            # grouped: its groups cost what the cost model's padded programs do, per step
            'predicted_ms': 1e3 * predicted_epoch_s(
-               structure.program_groups(kinds, counts, kflops, devices)
-               if name == 'grouped' else groups, counts, kflops, steps, devices),
+               structure.program_groups(kinds, counts, kflops, devices) if name == 'grouped'
+               else [[i] for i in range(len(kinds))] if name == 'kinds' else groups,
+               counts, kflops, steps, devices),
            'program_rows': [{'program': p.name, 'members': len(p.members),
                              'devices': p.n_shards, 'flops': p.flops,
                              'median_ms': 1e3 * statistics.median(p.times),

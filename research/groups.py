@@ -179,6 +179,8 @@ class Grouped:
     self.train_epoch, self.evaluate = full.train_epoch, full.evaluate
 
   def __getattr__(self, name):
+    if name == 'top':  # (not yet set: no recursion)
+      raise AttributeError(name)
     return getattr(self.top, name)
 
   def describe(self) -> list[dict]:

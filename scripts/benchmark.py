@@ -121,7 +121,8 @@ _PROG_CANDIDATES = flags.DEFINE_list(
     'Candidates besides separate (one program per kind): mixed (one program), cost (the cost '
     'model\'s grouping under research.structure.COST), fitted (its grouping under the '
     'calibrated or --programs_fitted_cost constants), grouped (one program whose groups of '
-    'kinds each step at their own shapes: train.groups=cost).')
+    'kinds each step at their own shapes: train.groups=cost), kinds (one program, every kind '
+    'at its own shapes: train.groups=kinds).')
 _CAL_HIDDEN = flags.DEFINE_list('calibrate_hidden', ['16', '32', '64'],
                                 'Widths of the calibration.')
 _CAL_MEMBERS = flags.DEFINE_list('calibrate_members', ['1', '2', '4', '8', '16'],

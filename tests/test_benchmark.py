@@ -77,8 +77,11 @@ def test_programs_case_mixed_equals_separate():
   case = bm.programs_case(PROGRAM_TINY, PROGRAM_KINDS, seeds=1, rounds=2,
                           fitted={'step_overhead_s': 1.0, 'flops_per_s': 1e9})
   c = case['candidates']
-  assert set(c) == {'separate', 'mixed', 'cost model', 'cost model (fitted)', 'grouped'}
+  assert set(c) == {'separate', 'mixed', 'cost model', 'cost model (fitted)', 'grouped', 'kinds'}
   assert c['grouped']['programs'] == 1 and 'same_as' not in c['grouped']
+  # kinds: one program in which each kind steps at its own shapes
+  assert c['kinds']['programs'] == 1 and 'same_as' not in c['kinds']
+  assert c['kinds']['program_rows'][0]['inner_groups'] == [['vanilla,4'], ['NIG,8']]
   assert case['members'] == 2 and case['kinds'] == 2 and case['steps_per_epoch'] == 2
   assert c['separate']['programs'] == 2 and c['mixed']['programs'] == 1
   assert c['separate']['groups'] == [['vanilla,4'], ['NIG,8']]
