@@ -69,19 +69,24 @@ def test_compacted_members_equal_the_uncompacted_run(runs):
         assert v == a[key][k], (key, k)
 
 
-def test_resume_after_compaction_equals_uninterrupted(runs):
-  root, _, compact = runs
-  work = root / 'resumed'
-  shutil.copytree(root / 'compact', work)
-  # As if killed after the first checkpoint at which fewer members were on the device.
+def killed_after_first_compaction(run_dir, work, members: int) -> None:
+  """A copy of the finished ``run_dir`` in ``work`` as if killed after the first
+  checkpoint at which fewer than ``members`` members were on the device."""
+  shutil.copytree(run_dir, work)
   seen = {}
   for (member, epoch) in records(work):
     seen.setdefault(epoch, set()).add(member)
-  cut = next(e for e in sorted(seen) if len(seen[e]) < 4)
+  cut = next(e for e in sorted(seen) if len(seen[e]) < members)
   for p in (work / 'checkpoints').iterdir():
     if p.name.isdigit() and int(p.name) > cut:
       shutil.rmtree(p)
   (work / 'results.json').unlink()
+
+
+def test_resume_after_compaction_equals_uninterrupted(runs):
+  root, _, compact = runs
+  work = root / 'resumed'
+  killed_after_first_compaction(root / 'compact', work, 4)
   out = train_and_evaluate(config(0.75), work)
   assert_same_members(compact, out)
   assert out['member_steps'] == compact['member_steps']

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 from research import groups, structure
 from research.train import load_trained, setup, train_and_evaluate
 from tests.helpers import run_train, small_mnist1d
-from tests.test_compaction import assert_same_members, records
+from tests.test_compaction import assert_same_members, killed_after_first_compaction
 from tests.test_structure import METRICS, VARIANT, adding, assert_members_equal_solo
 
 
@@ -106,15 +105,7 @@ def test_a_grouped_run_compacts_and_resumes_like_the_padded_uncompacted_run(tmp_
   assert_same_members(plain, compact)
   # killed after the first checkpoint with fewer rows, resumed: the same run
   work = tmp_path / 'resumed'
-  shutil.copytree(tmp_path / 'compact', work)
-  seen = {}
-  for member, epoch in records(work):
-    seen.setdefault(epoch, set()).add(member)
-  cut = next(e for e in sorted(seen) if len(seen[e]) < 4)
-  for p in (work / 'checkpoints').iterdir():
-    if p.name.isdigit() and int(p.name) > cut:
-      shutil.rmtree(p)
-  (work / 'results.json').unlink()
+  killed_after_first_compaction(tmp_path / 'compact', work, 4)
   out = train_and_evaluate(_compacting(0.75, True), work)
   assert_same_members(compact, out)
   assert out['member_steps'] == compact['member_steps']
