@@ -21,9 +21,11 @@ ungrouped program. A training epoch (and an evaluation) takes each group's rows,
 cuts their variables and optimizer state to the group's shapes with index maps
 (`research.structure`'s, from the group's model to the program's), runs the
 group's own vmapped epoch on them and writes them back: exact copies, so every
-member computes what its solo run computes. Groups follow the rows a compacted
-population keeps (`Grouped.for_rows`; one program per set of rows, as the
-compaction's sizes bound).
+member computes what its solo run computes. A group none of whose members still
+trains (early stopping, divergence, pruning) is skipped (`jax.lax.cond`): it stops
+costing at once, without the recompilation compaction needs. Groups follow the rows
+a compacted population keeps (`Grouped.for_rows`; one program per set of rows, as
+the compaction's sizes bound).
 """
 from __future__ import annotations
 
@@ -264,16 +266,33 @@ class _Rows:
       tree = jax.tree.map(lambda x: jnp.take(x, jnp.asarray(self.inverse), axis=0), tree)
     return tree
 
+  def rows_computed(self, live: np.ndarray) -> int:
+    """How many rows an epoch computes when ``live`` (per row) says which still
+    train: a group none of whose members trains is skipped."""
+    return sum(len(pos) for _, pos, _ in self.parts if live[pos].any())
+
   def _train_epoch(self, state, hp, data):
     o = self.owner
     states, metrics = [], []
     for grp, pos, ids in self.parts:
       old = self._constrain(_rows_take(state, pos), len(pos))
       h = self._constrain(o._hp(grp, _rows_take(hp, pos)), len(pos))
-      sub = grp.trainer
-      step = o.layout.vmap(sub._train_epoch, in_axes=(0, 0, None))
-      new, m = step(o._state_to_group(grp, ids, old), h, data)
-      states.append(o._state_from_group(grp, new, old))
+      step = o.layout.vmap(grp.trainer._train_epoch, in_axes=(0, 0, None))
+
+      def run(old, h, grp=grp, ids=ids, step=step):
+        new, m = step(o._state_to_group(grp, ids, old), h, data)
+        return o._state_from_group(grp, new, old), m
+
+      def skip(old, h, run=run):
+        # every member stopped: its state stays as it is (as when compaction has
+        # taken it off the devices) and its steps report nothing (ok False)
+        _, shapes = jax.eval_shape(run, old, h)
+        return old, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype)
+                                 if s.dtype == jnp.bool_ else jnp.full(s.shape, jnp.nan, s.dtype),
+                                 shapes)
+
+      new, m = jax.lax.cond(jnp.any(old.active & ~old.diverged), run, skip, old, h)
+      states.append(new)
       metrics.append(m)
     n = sum(len(pos) for _, pos, _ in self.parts)
     return self._constrain(self._join(states), n), self._join(metrics)

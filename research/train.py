@@ -160,6 +160,11 @@ class Trainer:
     groups members by rows."""
     return self
 
+  def rows_computed(self, live: np.ndarray) -> int:
+    """Rows an epoch computes (every row: a stopped member's update is masked, not
+    skipped; `research.groups` skips groups that all stopped)."""
+    return len(live)
+
   # ---- per-member pure functions (vmapped above) ----
 
   def init_variables(self, model, seed) -> tuple[jnp.ndarray, dict]:
@@ -865,7 +870,9 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
   try:
     for epoch in range(start_epoch, epochs):
       t0 = time.time()
-      state, metrics = trainer.for_rows(rows.index).train_epoch(state, rows.hp, run.train_data)
+      view = trainer.for_rows(rows.index)
+      computed = view.rows_computed(_host(state.active & ~state.diverged))
+      state, metrics = view.train_epoch(state, rows.hp, run.train_data)
       jax.block_until_ready(state.step)
       done = epoch + 1
       if epoch == start_epoch and first_epoch_s is None:
@@ -874,7 +881,7 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       progress.epoch_done(done)
       epoch_metrics.append(metrics)
       window_steps += trainer.steps_per_epoch
-      work['computed'] += len(rows.index) * trainer.steps_per_epoch
+      work['computed'] += computed * trainer.steps_per_epoch
       work['uncompacted'] += len(members) * trainer.steps_per_epoch
       if done % eval_every and done != epochs:
         if stop.signum is not None:

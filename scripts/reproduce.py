@@ -39,7 +39,7 @@ _DATA_PATH = flags.DEFINE_string(
 _MAX_PROGRAMS = flags.DEFINE_integer(
     'max_programs', None, 'For studies that group their trials by a cost model '
     '(lstm_variants): train them as at most this many padded programs (every member at its '
-    "program's widest, mixed shape); default: one program whose groups of kinds each step at "
+    "program's widest, mixed shape; at least the number of kinds: each kind alone); default: one program whose groups of kinds each step at "
     'its own shapes (train.groups=kinds).')
 flags.mark_flags_as_required(['experiment', 'workdir'])
 distributed.define_flags(heartbeat_timeout=True)

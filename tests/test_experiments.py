@@ -175,18 +175,22 @@ def test_lstm_variants_draws_and_seeds_of_a_variant_do_not_depend_on_the_budget(
           (t['variant'], t['hidden'])
 
 
-def test_lstm_variants_smoke_plan_groups_kinds_into_fewer_programs(tmp_path):
-  """Every kind trains in exactly one program, fewer programs than kinds, and vanilla and
-  NOAF (the same parameters: merging them pads nothing) share one. (On this test's short
-  sequences the padding of NIG and CIFG to four gates costs less than a program, so on
-  CPU all four kinds share one; `program_groups`' own tests check the trade-off.)"""
+def test_lstm_variants_smoke_plans(tmp_path):
+  """Default: one program of every kind (trained with train.groups=kinds). A cap: the
+  cost model's padded programs, every kind in exactly one, fewer programs than kinds,
+  vanilla and NOAF (the same parameters: merging them pads nothing) in one. (On this
+  test's short sequences the padding of NIG and CIFG to four gates costs less than a
+  program, so on CPU all four kinds share one; `program_groups`' own tests check the
+  trade-off.) A cap of at least the number of kinds: each kind alone."""
   b = lstm_variants.BUDGETS['smoke']
-  programs = lstm_variants.plan_programs(b, str(_jsb_file(tmp_path)))
+  data = str(_jsb_file(tmp_path))
   kinds = [(v, h) for h in b['hidden'] for v in b['variants']]
+  assert lstm_variants.plan_programs(b, data) == [kinds]
+  programs = lstm_variants.plan_programs(b, data, max_programs=3)
   assert sorted(k for p in programs for k in p) == sorted(kinds)
   assert len(programs) < len(kinds)
   assert any({('vanilla', 16), ('NOAF', 16)} <= set(p) for p in programs)
-
+  assert lstm_variants.plan_programs(b, data, max_programs=len(kinds)) == [[k] for k in kinds]
 
 
 def test_lstm_variants_curves_keep_the_evaluated_epochs(tmp_path, monkeypatch):

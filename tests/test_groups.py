@@ -75,17 +75,22 @@ def test_a_group_with_its_own_mixed_cell_and_an_optimizer_mix(tmp_path, monkeypa
 
 
 def test_grouped_on_two_devices_matches_one_device(tmp_path):
-  pop = 'seed=0,1 model.hidden=8,16'
+  """Sharded over two devices, with groups that stop (and are skipped) at different
+  epochs: the members and the member-steps of one device."""
+  pop = 'seed=0,1,2,3 optim.lr=0.3,1e-3,0.1,3e-3 model.hidden=8,16,8,16'
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  proc = run_train(tmp_path / 'two', '--config.train.epochs=2', f'--config.population={pop}',
-                   '--config.train.groups=kinds', '--config.optim.lr=0.01',
+  proc = run_train(tmp_path / 'two', '--config.train.epochs=10', f'--config.population={pop}',
+                   '--config.population_mode=zip', '--config.train.patience=1',
+                   '--config.train.compact=0', '--config.train.groups=kinds',
                    '--config.train.eval_every=1', env=env)
   assert proc.returncode == 0, proc.stderr
   two = json.loads((tmp_path / 'two/results.json').read_text())
   assert two['member_sharding'] == 2 and len(two['groups']) == 2
-  one = train_and_evaluate(small_mnist1d(**{'train.epochs': 2, 'population': pop,
-                                            'optim.lr': 0.01}), tmp_path / 'one')
+  one = train_and_evaluate(_compacting(0.0, True), tmp_path / 'one')
+  assert two['member_steps'] == one['member_steps']
+  assert one['member_steps']['computed'] < one['member_steps']['uncompacted']
   for a, b in zip(two['members'], one['members']):
+    assert a['best_epoch'] == b['best_epoch']
     for k in METRICS:
       np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
 
@@ -109,6 +114,26 @@ def test_a_grouped_run_compacts_and_resumes_like_the_padded_uncompacted_run(tmp_
   out = train_and_evaluate(_compacting(0.75, True), work)
   assert_same_members(compact, out)
   assert out['member_steps'] == compact['member_steps']
+
+
+def test_a_group_whose_members_all_stopped_is_skipped_and_changes_no_member(tmp_path):
+  """No compaction: a group none of whose members still trains stops costing at
+  once (`jax.lax.cond`), and every member ends as in the padded program."""
+  plain = train_and_evaluate(_compacting(0.0, False), tmp_path / 'plain')
+  grouped = train_and_evaluate(_compacting(0.0, True), tmp_path / 'grouped')
+  assert_same_members(plain, grouped)
+  # by hand from the padded run: with patience 1 and an evaluation every epoch, a
+  # member trains through the epoch after its best; the loop ends when all stopped
+  trained = {m['member']: m['best_epoch'] + 1 for m in plain['members']}
+  epochs = max(trained.values())
+  steps = plain['member_steps']['computed'] // (len(trained) * epochs)
+  by_group = {}
+  for m in plain['members']:
+    by_group.setdefault(m['hparams']['model.hidden'], []).append(trained[m['member']])
+  expected = sum(len(t) * max(t) for t in by_group.values()) * steps
+  assert len(by_group) == 2 and expected < plain['member_steps']['computed']  # it matters here
+  assert grouped['member_steps'] == {'computed': expected,
+                                     'uncompacted': plain['member_steps']['computed']}
 
 
 def test_the_cost_model_puts_kinds_of_one_shape_in_one_group():

@@ -115,6 +115,8 @@ def plan_programs(b: dict, data_path: str | None = None,
   kinds = [(v, h) for h in b['hidden'] for v in b['variants']]
   if not max_programs:
     return [kinds]
+  if max_programs >= len(kinds):
+    return [[kind] for kind in kinds]
   config = _config(b, kinds, data_path)
   dataset = load_dataset(config.data)
   flops = lambda g: structure.padded_flops(
