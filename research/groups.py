@@ -271,6 +271,18 @@ class _Rows:
     train: a group none of whose members trains is skipped."""
     return sum(len(pos) for _, pos, _ in self.parts if live[pos].any())
 
+  def rows_kept(self, live: np.ndarray, shards: int) -> np.ndarray:
+    """The rows a compaction keeps (sorted), group by group: a group's live rows and
+    as few of its stopped ones as make their count a multiple of ``shards`` (each
+    group's epoch is sharded on its own); a group none of whose rows trains leaves."""
+    keep = []
+    for _, pos, _ in self.parts:
+      on = live[pos]
+      if on.any():
+        size = min(len(pos), -(-int(on.sum()) // shards) * shards)
+        keep.append(np.concatenate([pos[on], pos[~on]])[:size])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
   def _train_epoch(self, state, hp, data):
     o = self.owner
     states, metrics = [], []

@@ -165,6 +165,12 @@ class Trainer:
     skipped; `research.groups` skips groups that all stopped)."""
     return len(live)
 
+  def rows_kept(self, live: np.ndarray, shards: int) -> np.ndarray:
+    """The rows a compaction keeps (sorted): the live ones, and as few stopped ones
+    as make their count a multiple of ``shards``."""
+    size = min(len(live), -(-int(live.sum()) // shards) * shards)
+    return np.sort(np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:size])
+
   # ---- per-member pure functions (vmapped above) ----
 
   def init_variables(self, model, seed) -> tuple[jnp.ndarray, dict]:
@@ -810,14 +816,14 @@ class _Members:
     flags = _host({'active': state.active, 'diverged': state.diverged})
     live = flags['active'] & ~flags['diverged']
     n, n_live = len(self.index), int(live.sum())
-    if fraction <= 0 or n_live == 0 or n_live > fraction * n:
+    view = self.run.trainer.for_rows(self.index)
+    # against the rows an epoch computes (`research.groups` skips groups that all stopped)
+    if fraction <= 0 or n_live == 0 or n_live > fraction * view.rows_computed(live):
       return state
-    d = self.run.n_shards
-    size = min(n, -(-n_live // d) * d)
+    keep = view.rows_kept(live, self.run.n_shards)
+    size = len(keep)
     if size >= n:
       return state
-    keep = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:size]
-    keep.sort()
     rows = _host(state)
     for r in sorted(set(range(n)) - set(keep.tolist())):
       self.retired[int(self.index[r])] = jax.tree.map(lambda a: a[r], rows)

@@ -136,6 +136,26 @@ def test_a_group_whose_members_all_stopped_is_skipped_and_changes_no_member(tmp_
                                      'uncompacted': plain['member_steps']['computed']}
 
 
+def test_compaction_keeps_each_groups_live_rows_rounded_to_the_shards():
+  """By hand: members 0 and 2 are one kind (hidden 8), 1 and 3 the other. With two
+  shards a group keeps its live rows plus stopped rows of its own up to a multiple
+  of two, and a group with no live row leaves; the padded program rounds the total."""
+  grouped = setup(_compacting(0.5, True)).trainer.for_rows(np.arange(4))
+  padded = setup(_compacting(0.5, False)).trainer.for_rows(np.arange(4))
+  live = np.array([True, False, False, False])
+  assert grouped.rows_kept(live, 2).tolist() == [0, 2]
+  assert padded.rows_kept(live, 2).tolist() == [0, 1]
+  assert grouped.rows_computed(live) == 2 and padded.rows_computed(live) == 4
+  live = np.array([True, True, False, True])
+  assert grouped.rows_kept(live, 2).tolist() == [0, 1, 2, 3]
+  assert grouped.rows_kept(live, 1).tolist() == [0, 1, 3]
+  assert grouped.rows_kept(np.zeros(4, bool), 2).tolist() == []
+  # a subset of rows (after a compaction): positions are the subset's
+  sub = setup(_compacting(0.5, True)).trainer.for_rows(np.array([1, 2, 3]))
+  assert sub.rows_kept(np.array([False, True, True]), 2).tolist() == [0, 1, 2]
+  assert sub.rows_kept(np.array([False, True, False]), 2).tolist() == [1]
+
+
 def test_the_cost_model_puts_kinds_of_one_shape_in_one_group():
   config = adding(population=f'seed=0,1 {VARIANT}=vanilla,NOAF,NIG model.rnn.hidden=3,64')
   run = setup(config)
