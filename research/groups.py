@@ -275,12 +275,8 @@ class _Rows:
     """The rows a compaction keeps (sorted), group by group: a group's live rows and
     as few of its stopped ones as make their count a multiple of ``shards`` (each
     group's epoch is sharded on its own); a group none of whose rows trains leaves."""
-    keep = []
-    for _, pos, _ in self.parts:
-      on = live[pos]
-      if on.any():
-        size = min(len(pos), -(-int(on.sum()) // shards) * shards)
-        keep.append(np.concatenate([pos[on], pos[~on]])[:size])
+    keep = [pos[self.owner.top.rows_kept(live[pos], shards)]
+            for _, pos, _ in self.parts if live[pos].any()]
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
 
   def _train_epoch(self, state, hp, data):
