@@ -942,7 +942,12 @@ def _train_loop(run: Setup, state: MemberState, start_epoch: int, meta: dict, wo
       if stop.signum is not None:
         _interrupted(stop.signum, done, workdir)
       if not live:
-        logging.info('Early stopping: no member improved for %d evaluations', trainer.patience)
+        all_flags = rows.full_flags(flags)
+        diverged = int(np.asarray(all_flags['diverged']).sum())
+        patient = len(members) - len(pruned_at) - diverged
+        logging.info('Every member has stopped after epoch %d: %d pruned, %d diverged, %d '
+                     'without improvement for %d evaluations', done, len(pruned_at), diverged,
+                     patient, trainer.patience)
         break
       if done < epochs:
         state = rows.compact(state, compact)

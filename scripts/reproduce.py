@@ -41,6 +41,10 @@ _MAX_PROGRAMS = flags.DEFINE_integer(
     '(lstm_variants): train them as at most this many padded programs (every member at its '
     "program's widest, mixed shape; at least the number of kinds: each kind alone); default: one program whose groups of kinds each step at "
     'its own shapes (train.groups=kinds).')
+_POPULATION_SIZE = flags.DEFINE_integer(
+    'population_size', None, 'For studies that sweep asked trials as populations '
+    '(asha_compare): trials per population of the in-population arms (default: the '
+    "budget's).")
 flags.mark_flags_as_required(['experiment', 'workdir'])
 distributed.define_flags(heartbeat_timeout=True)
 
@@ -73,6 +77,13 @@ def main(argv):
     if _MAX_PROGRAMS.value < 1:
       raise UserError(f'--max_programs={_MAX_PROGRAMS.value}: must be at least 1')
     kwargs['max_programs'] = _MAX_PROGRAMS.value
+  if _POPULATION_SIZE.value is not None:
+    if 'population_size' not in inspect.signature(run).parameters:
+      raise UserError(f'--population_size does not apply to --experiment={name} (only to '
+                      f'{", ".join(_taking("population_size"))})')
+    if _POPULATION_SIZE.value < 1:
+      raise UserError(f'--population_size={_POPULATION_SIZE.value}: must be at least 1')
+    kwargs['population_size'] = _POPULATION_SIZE.value
   if distributed.requested():
     if name not in common.MULTI_PROCESS_STUDIES:
       raise UserError(f'--experiment={name} does not run with several processes; those that '

@@ -84,7 +84,7 @@ def test_run_gives_every_arm_the_same_trials_and_its_pruner(tmp_path, monkeypatc
     arm = c['arm'].rsplit('_seed', 1)[0]
     assert (c['prune'], c['trial_pruner']) == ac.arm_settings(arm, b)
     assert c['method'] == 'random' and c['trials'] == 32 and c['seed'] == c['config_seed']
-    assert (c['epochs'], c['eval_every'], c['batch']) == (30, 5, 8)
+    assert (c['epochs'], c['eval_every'], c['batch']) == (30, 5, 32)
     assert 'optim.lr' in c['space'] and 'model.latent' in c['space']
   assert set(out['arms']) == set(b['arms']) and 'asha vs optuna_asha' in out['targets']
   report = (tmp_path / 'report.md').read_text()
@@ -94,6 +94,10 @@ def test_run_gives_every_arm_the_same_trials_and_its_pruner(tmp_path, monkeypatc
   assert (tmp_path / 'best_so_far.png').stat().st_size > 0
   names = {(r['name'], r['metric']) for r in out['rows']}
   assert ('asha vs optuna_asha', 'wall_ratio') in names
+  # --population_size batches the in-population arms differently, nothing else
+  calls.clear()
+  out8 = ac.run(tmp_path / 'by8', 'full', population_size=8)
+  assert {c['batch'] for c in calls} == {8} and out8['settings']['batch'] == 8
   with pytest.raises(ValueError, match='unknown arm'):
     ac.run(tmp_path / 'x', 'smoke', arms=('asha', 'asha_x'))
 

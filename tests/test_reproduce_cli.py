@@ -68,6 +68,19 @@ def test_max_programs_only_where_trials_are_grouped_and_positive(tmp_path, exper
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize('experiment, value, message', [
+    ('lstm_variants', '8', 'error: --population_size does not apply to '
+                           '--experiment=lstm_variants (only to asha_compare)'),
+    ('asha_compare', '0', 'error: --population_size=0: must be at least 1'),
+])
+def test_population_size_only_for_population_sweeps_and_positive(tmp_path, experiment, value,
+                                                                  message):
+  line = _one_error_line(_script('reproduce', f'--experiment={experiment}',
+                                 f'--workdir={tmp_path / "w"}', f'--population_size={value}'))
+  assert line == message
+  assert not (tmp_path / 'w').exists()
+
+
 @pytest.mark.parametrize('holds, found', [
     ({'study.json': {'experiment': 'bptt', 'budget': 'smoke'}},
      "holds the 'bptt' study (--budget=smoke, study.json), not 'mnist1d'"),

@@ -57,7 +57,7 @@ ARMS = {
 }
 PAIRS = (('asha', 'optuna_asha'), ('hyperband', 'optuna_hyperband'))
 BUDGETS = {
-    'full': dict(trials=32, seeds=(0, 1, 2), epochs=30, eval_every=5, batch=8, eta=3, min=1,
+    'full': dict(trials=32, seeds=(0, 1, 2), epochs=30, eval_every=5, batch=32, eta=3, min=1,
                  arms=('random', 'asha', 'optuna_asha', 'hyperband', 'optuna_hyperband')),
     'smoke': dict(trials=4, seeds=(0,), epochs=3, eval_every=1, batch=4, eta=2, min=1,
                   arms=('random', 'asha', 'optuna_asha', 'hyperband')),
@@ -157,10 +157,15 @@ def _space():
 
 
 @register('asha_compare')
-def run(workdir: str | Path, budget: str = 'full', arms: tuple[str, ...] | None = None) -> dict:
+def run(workdir: str | Path, budget: str = 'full', arms: tuple[str, ...] | None = None,
+        population_size: int | None = None) -> dict:
+  """``population_size``: asked trials per population of the in-population arms
+  (default: the budget's ``batch``)."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  b = BUDGETS[budget]
+  b = dict(BUDGETS[budget])
+  if population_size:
+    b['batch'] = int(population_size)
   arms = tuple(arms or b['arms'])
   unknown = [a for a in arms if a not in ARMS]
   if unknown:
@@ -214,7 +219,8 @@ def run(workdir: str | Path, budget: str = 'full', arms: tuple[str, ...] | None 
       f'{list(b["seeds"])}, up to {b["epochs"]} epochs per trial, evaluated every '
       f'{b["eval_every"]} epoch(s); ASHA and Hyperband with eta={b["eta"]}, min={b["min"]} '
       f'evaluation(s) (Optuna: min_resource={b["min"] * b["eval_every"]} epochs, '
-      f'reduction_factor={b["eta"]}); populations of {b["batch"]} asked trials. Member-steps: '
+      f'reduction_factor={b["eta"]}); batches of {b["batch"]} asked trials, each trained as the '
+      'programs `research.sweep.runner.plan_programs` makes of it. Member-steps: '
       'each trial\'s own training steps summed (in brackets: rows x steps the programs '
       'computed, stopped rows included until compaction). Wall: first trial\'s start to the '
       'last one\'s end, per sweep seed.',
