@@ -95,9 +95,14 @@ def test_run_gives_every_arm_the_same_trials_and_its_pruner(tmp_path, monkeypatc
   names = {(r['name'], r['metric']) for r in out['rows']}
   assert ('asha vs optuna_asha', 'wall_ratio') in names
   # --population_size batches the in-population arms differently, nothing else
+  # (its in-population sweeps in their own directories; the one-by-one arms' are shared)
   calls.clear()
-  out8 = ac.run(tmp_path / 'by8', 'full', population_size=8)
-  assert {c['batch'] for c in calls} == {8} and out8['settings']['batch'] == 8
+  out8 = ac.run(tmp_path, 'full', population_size=8)
+  assert out8['settings']['batch'] == 8
+  assert {c['batch'] for c in calls} == {8}
+  assert {c['arm'] for c in calls if c['arm'].endswith('_seed0')} == {
+      'random_batch8_seed0', 'asha_batch8_seed0', 'hyperband_batch8_seed0',
+      'optuna_asha_seed0', 'optuna_hyperband_seed0'}
   with pytest.raises(ValueError, match='unknown arm'):
     ac.run(tmp_path / 'x', 'smoke', arms=('asha', 'asha_x'))
 

@@ -75,6 +75,16 @@ def arm_settings(arm: str, b: dict) -> tuple[str, str]:
   return f'{arm}:{args}', ''
 
 
+def sweep_dir(arm: str, seed: int, b: dict, budget: str) -> str:
+  """A sweep's directory in the workdir: ``<arm>_seed<seed>``; an in-population arm
+  batched other than its budget's default gets ``<arm>_batch<N>_seed<seed>``, so that
+  ``population_size`` never resumes sweeps of another batch size, while the one-by-one
+  arms (a population of 1 whatever the batch) are shared."""
+  if arm.startswith('optuna_') or b['batch'] == BUDGETS[budget]['batch']:
+    return f'{arm}_seed{seed}'
+  return f'{arm}_batch{b["batch"]}_seed{seed}'
+
+
 def _config(seed: int, b: dict, prune: str):
   return variant_config('configs/vae_digits.py', f'epochs={b["epochs"]},patience=0', seed=seed,
                         population='', **{'train.progress': False,
@@ -180,7 +190,7 @@ def run(workdir: str | Path, budget: str = 'full', arms: tuple[str, ...] | None 
              f'--config.train.eval_every={b["eval_every"]}' +
              (f" --config.train.prune='{prune}'" if prune else ''))
       out = runner.run_sweep(_config(seed, b, prune), space, 'random', b['trials'],
-                             workdir / f'{arm}_seed{seed}', batch=b['batch'], seed=seed,
+                             workdir / sweep_dir(arm, seed, b, budget), batch=b['batch'], seed=seed,
                              config_ref=ref, trial_pruner=trial_pruner)
       sweeps[arm].append(out)
   summary, targets = summarize(sweeps)
