@@ -122,4 +122,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(cli.guard(main))
+  app.run(cli.guard(main), flags_parser=cli.parse_flags)

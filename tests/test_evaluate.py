@@ -136,6 +136,7 @@ def test_bad_inputs_give_one_line_and_exit_2(run, tmp_path):
   one_line_error(evaluate_cli(workdir, '--checkpoint=final'), 'best or latest')
   one_line_error(evaluate_cli(workdir, '--split=dev'), 'train, val, test')
   one_line_error(evaluate_cli(workdir, '--sample=4'), 'generative models only')
+  one_line_error(evaluate_cli(workdir, '--member=two'), '--member=two', 'int')  # absl's parse
   # A dataset without a validation split (the run's checkpoints, val_fraction=0).
   noval = tmp_path / 'noval'
   noval.mkdir()

@@ -81,6 +81,23 @@ def test_population_size_only_for_population_sweeps_and_positive(tmp_path, exper
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize('args, words', [
+    (('--experiment=asha_compare', '--population_size=abc'), ('--population_size=abc', 'int')),
+    (('--experiment=mnist1d', '--budget=huge'), ('--budget=huge', 'smoke|full')),
+    (('--experiment=mnist1d', '--max_programs=2.5'), ('--max_programs=2.5',)),
+])
+def test_a_flag_absl_cannot_parse_is_one_line(tmp_path, args, words):
+  line = _one_error_line(_script('reproduce', *args, f'--workdir={tmp_path / "w"}'))
+  for w in words:
+    assert w in line, line
+  assert not (tmp_path / 'w').exists()
+
+
+def test_a_missing_workdir_flag_is_one_line():
+  line = _one_error_line(_script('reproduce', '--experiment=mnist1d'))
+  assert '--workdir' in line
+
+
 @pytest.mark.parametrize('holds, found', [
     ({'study.json': {'experiment': 'bptt', 'budget': 'smoke'}},
      "holds the 'bptt' study (--budget=smoke, study.json), not 'mnist1d'"),
