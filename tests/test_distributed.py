@@ -109,6 +109,30 @@ def test_kill_9_of_one_process_then_both_rerun_resume_to_the_same_numbers(tmp_pa
   _same_numbers(wd, out, *reference)
 
 
+# Two kinds of width (train.groups=kinds) whose members stop at different epochs, so that
+# groups are skipped and compaction repacks the rows while the mesh spans two processes.
+GROUPED = ('--config.population=seed=0,1,2,3 optim.lr=0.3,1e-3,0.1,3e-3 model.hidden=8,16,8,16',
+           '--config.population_mode=zip', '--config.train.patience=1',
+           '--config.train.compact=0.5', '--config.train.groups=kinds',
+           '--config.train.epochs=8')
+
+
+def test_two_processes_train_a_grouped_compacting_population_like_one_process(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  proc = subprocess.run(train_command(tmp_path / 'one', *ARGS, *GROUPED), capture_output=True,
+                        text=True, cwd=REPO, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  one = json.loads((tmp_path / 'one/results.json').read_text())
+  assert len(one['groups']) == 2
+  assert one['member_steps']['computed'] < one['member_steps']['uncompacted']
+  for rc, err in _wait(_start(tmp_path / 'two', 2, _free_port(), *GROUPED)):
+    assert rc == 0, err[-3000:]
+  two = json.loads((tmp_path / 'two/results.json').read_text())
+  assert two['mesh']['processes'] == 2 and two['groups'] == one['groups']
+  assert two['member_steps'] == one['member_steps']
+  _same_numbers(tmp_path / 'two', two, tmp_path / 'one', one)
+
+
 def test_incomplete_process_flags_are_one_line_errors():
   with pytest.raises(ValueError, match='need --coordinator_address'):
     distributed.initialize(None, 2, 0)
