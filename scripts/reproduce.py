@@ -43,8 +43,8 @@ _MAX_PROGRAMS = flags.DEFINE_integer(
     'its own shapes (train.groups=kinds).')
 _POPULATION_SIZE = flags.DEFINE_integer(
     'population_size', None, 'For studies that sweep asked trials as populations '
-    '(asha_compare): trials per population of the in-population arms (default: the '
-    "budget's).")
+    '(asha_compare): asked trials per batch of the in-population arms (the planner may '
+    "train a batch as several programs; default: the budget's).")
 flags.mark_flags_as_required(['experiment', 'workdir'])
 distributed.define_flags(heartbeat_timeout=True)
 

@@ -94,15 +94,26 @@ def test_run_gives_every_arm_the_same_trials_and_its_pruner(tmp_path, monkeypatc
   assert (tmp_path / 'best_so_far.png').stat().st_size > 0
   names = {(r['name'], r['metric']) for r in out['rows']}
   assert ('asha vs optuna_asha', 'wall_ratio') in names
-  # --population_size batches the in-population arms differently, nothing else
-  # (its in-population sweeps in their own directories; the one-by-one arms' are shared)
+  # a workdir holds one batch size: the same resumes, another is refused untouched
   calls.clear()
-  out8 = ac.run(tmp_path, 'full', population_size=8)
-  assert out8['settings']['batch'] == 8
-  assert {c['batch'] for c in calls} == {8}
-  assert {c['arm'] for c in calls if c['arm'].endswith('_seed0')} == {
-      'random_batch8_seed0', 'asha_batch8_seed0', 'hyperband_batch8_seed0',
-      'optuna_asha_seed0', 'optuna_hyperband_seed0'}
+  ac.run(tmp_path, 'full')
+  assert {c['batch'] for c in calls} == {32}
+  before = sorted(p.name for p in tmp_path.iterdir())
+  with pytest.raises(ValueError, match=r'batches of 32 asked trials \(--population_size=32\), '
+                                       r'not 8'):
+    ac.run(tmp_path, 'full', population_size=8)
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+  # --population_size batches the in-population arms differently, nothing else
+  calls.clear()
+  out8 = ac.run(tmp_path / 'by8', 'full', population_size=8)
+  assert out8['settings']['batch'] == 8 and {c['batch'] for c in calls} == {8}
+  assert ac.run(tmp_path / 'by64', 'full', population_size=64)['settings']['batch'] == 32
+  with pytest.raises(ValueError, match='at least 1'):
+    ac.run(tmp_path / 'by0', 'full', population_size=0)
+  old = tmp_path / 'old'  # sweeps from before the batch size was recorded
+  (old / 'asha_seed0').mkdir(parents=True)
+  with pytest.raises(ValueError, match='batch size is not recorded'):
+    ac.run(old, 'full')
   with pytest.raises(ValueError, match='unknown arm'):
     ac.run(tmp_path / 'x', 'smoke', arms=('asha', 'asha_x'))
 

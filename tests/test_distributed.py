@@ -125,6 +125,12 @@ def test_two_processes_train_a_grouped_compacting_population_like_one_process(tm
   one = json.loads((tmp_path / 'one/results.json').read_text())
   assert len(one['groups']) == 2
   assert one['member_steps']['computed'] < one['member_steps']['uncompacted']
+  # a whole kind (members 0, 2 at width 8; 1, 3 at 16) stopped while the other trained on
+  live = {}
+  for r in _records(tmp_path / 'one'):
+    live.setdefault(r['epoch'], {})[r['member']] = r['active'] and not r['diverged']
+  assert any(not (m[k] or m[k + 2]) and (m[1 - k] or m[3 - k])
+             for m in live.values() for k in (0, 1)), live
   for rc, err in _wait(_start(tmp_path / 'two', 2, _free_port(), *GROUPED)):
     assert rc == 0, err[-3000:]
   two = json.loads((tmp_path / 'two/results.json').read_text())

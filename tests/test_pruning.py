@@ -11,6 +11,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import shutil
 
 import numpy as np
@@ -231,3 +232,20 @@ def test_vizier_stops_a_member_whose_best_trails_the_others_averages():
   assert not pruning.parse('median').decide(tie, np.ones(4, bool), True)[0]
   tie[1, 0] = 0.49
   assert pruning.parse('median').decide(tie, np.ones(4, bool), True)[0]
+
+
+def test_the_end_of_training_line_counts_why_every_member_stopped(tmp_path, caplog):
+  """One member diverges at once, the rule prunes two, the rest run out of patience
+  (after a compaction): the closing log line names each count."""
+  config = small_mnist1d(**{'population': 'seed=0,1,2,3,4 optim.lr=1e30,0.3,0.3,0.3,0.3',
+                            'population_mode': 'zip', 'train.prune': 'asha:eta=2,min=1',
+                            'train.patience': 1, 'train.epochs': 40, 'train.compact': 0.5})
+  with caplog.at_level(py_logging.INFO):
+    out = train_and_evaluate(config, tmp_path / 'run')
+  pruned = sum(m['pruned'] is not None for m in out['members'])
+  diverged = sum(bool(m['diverged']) for m in out['members'])
+  assert (pruned, diverged) == (2, 1)
+  assert out['member_steps']['computed'] < out['member_steps']['uncompacted']
+  lines = [r.getMessage() for r in caplog.records if 'Every member has stopped' in r.getMessage()]
+  assert len(lines) == 1 and lines[0].endswith(
+      ': 2 pruned, 1 diverged, 2 without improvement for 1 evaluations'), lines

@@ -2,10 +2,11 @@
 
 Successive halving (Jamieson & Talwalkar 2016) and its asynchronous form ASHA
 (Li et al. 2020) stop poor trials early: at rungs ``min * eta**k`` evaluations
-only the best ``1/eta`` of the trials that got there go on. Our sweeps train a
-batch of asked trials as one compiled population and apply the rule over the
-member axis (``scripts/sweep.py --pruner=asha``, ``train.prune=asha:...``,
-`research.pruning`: synchronous, the batch's members reach each rung together).
+only the best ``1/eta`` of the trials that got there go on. Our sweeps ask a
+batch of trials, train it as the compiled populations `runner.plan_programs`
+makes of it, and apply the rule over each program's member axis
+(``scripts/sweep.py --pruner=asha``, ``train.prune=asha:...``, `research.pruning`:
+synchronous, a program's members reach each rung together).
 The usual way is Optuna's: each trial trains alone, reports its value after each
 evaluation (``trial.report``) and stops when ``trial.should_prune()`` says so
 (``SuccessiveHalvingPruner``, ``HyperbandPruner``), here ``--pruner=optuna_asha``
@@ -19,7 +20,7 @@ configurations, so the arms differ only in which trials they stop and how they
 run them) and the same sweep seeds:
 
 * ``random``: unpruned random search, batches trained as populations;
-* ``asha``: the same with ASHA inside each batch's population;
+* ``asha``: the same with ASHA inside each program's population;
 * ``optuna_asha``: every trial alone, Optuna's ``SuccessiveHalvingPruner``;
 * ``hyperband`` / ``optuna_hyperband``: Hyperband both ways (inside the
   population; Optuna's ``HyperbandPruner`` over trials one by one).
@@ -36,6 +37,7 @@ Optuna's wall time, and at most 1/3 of the unpruned sweep's member-steps.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -75,14 +77,26 @@ def arm_settings(arm: str, b: dict) -> tuple[str, str]:
   return f'{arm}:{args}', ''
 
 
-def sweep_dir(arm: str, seed: int, b: dict, budget: str) -> str:
-  """A sweep's directory in the workdir: ``<arm>_seed<seed>``; an in-population arm
-  batched other than its budget's default gets ``<arm>_batch<N>_seed<seed>``, so that
-  ``population_size`` never resumes sweeps of another batch size, while the one-by-one
-  arms (a population of 1 whatever the batch) are shared."""
-  if arm.startswith('optuna_') or b['batch'] == BUDGETS[budget]['batch']:
-    return f'{arm}_seed{seed}'
-  return f'{arm}_batch{b["batch"]}_seed{seed}'
+BATCH_FILE = 'batch.json'  # the batch size the workdir's in-population sweeps were asked in
+
+
+def check_batch(workdir: Path, batch: int) -> None:
+  """Records ``batch`` in a new workdir; refuses one whose sweeps were asked in
+  another batch size (their trials would resume or be reported as this one's), or
+  whose sweeps predate the record. The one-by-one arms do not depend on the batch,
+  but their wall times are only compared within one run, so a workdir holds one."""
+  marker = workdir / BATCH_FILE
+  if marker.exists():
+    held = json.loads(marker.read_text())['batch']
+    if held != batch:
+      raise ValueError(f'{workdir} holds this study with batches of {held} asked trials '
+                       f'(--population_size={held}), not {batch}; use --population_size={held} '
+                       'to resume it, or another --workdir')
+    return
+  if any(d.is_dir() and '_seed' in d.name for d in workdir.iterdir()):
+    raise ValueError(f'{workdir} holds sweeps whose batch size is not recorded ({BATCH_FILE}); '
+                     'use another --workdir')
+  marker.write_text(json.dumps({'batch': batch}) + '\n')
 
 
 def _config(seed: int, b: dict, prune: str):
@@ -169,17 +183,21 @@ def _space():
 @register('asha_compare')
 def run(workdir: str | Path, budget: str = 'full', arms: tuple[str, ...] | None = None,
         population_size: int | None = None) -> dict:
-  """``population_size``: asked trials per population of the in-population arms
-  (default: the budget's ``batch``)."""
+  """``population_size``: asked trials per batch of the in-population arms (default:
+  the budget's ``batch``; at most the trials; the planner may train a batch as
+  several programs). A workdir holds one batch size (`check_batch`)."""
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   b = dict(BUDGETS[budget])
-  if population_size:
-    b['batch'] = int(population_size)
+  if population_size is not None:
+    if int(population_size) < 1:
+      raise ValueError(f'population_size={population_size}: must be at least 1')
+    b['batch'] = min(int(population_size), b['trials'])
   arms = tuple(arms or b['arms'])
   unknown = [a for a in arms if a not in ARMS]
   if unknown:
     raise ValueError(f'unknown arm(s) {unknown}; known: {list(ARMS)}')
+  workdir.mkdir(parents=True, exist_ok=True)
+  check_batch(workdir, b['batch'])
   t0 = time.time()
   space = _space()
   sweeps: dict[str, list[dict]] = {a: [] for a in arms}
@@ -190,7 +208,7 @@ def run(workdir: str | Path, budget: str = 'full', arms: tuple[str, ...] | None 
              f'--config.train.eval_every={b["eval_every"]}' +
              (f" --config.train.prune='{prune}'" if prune else ''))
       out = runner.run_sweep(_config(seed, b, prune), space, 'random', b['trials'],
-                             workdir / sweep_dir(arm, seed, b, budget), batch=b['batch'], seed=seed,
+                             workdir / f'{arm}_seed{seed}', batch=b['batch'], seed=seed,
                              config_ref=ref, trial_pruner=trial_pruner)
       sweeps[arm].append(out)
   summary, targets = summarize(sweeps)
