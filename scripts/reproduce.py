@@ -105,6 +105,9 @@ def main(argv):
   except ValueError as e:
     if 'holds a run with a different config' not in str(e):
       raise
+    if (Path(workdir) / common.STUDY_FILE).exists():  # the same study at this budget
+      raise UserError(f'{e} (was this study run with other flags, e.g. --max_programs or '
+                      '--population_size, or on another number of devices?)') from None
     other = 'full' if budget == 'smoke' else 'smoke'
     raise UserError(f'{e} (was this study run with --budget={other}?)') from None
 

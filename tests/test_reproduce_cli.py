@@ -152,6 +152,14 @@ def test_a_run_with_another_config_inside_a_study_is_one_line(tmp_path):
   assert "'train.epochs'" in line
   assert line.endswith('(was this study run with --budget=smoke?)')
   assert not (workdir / 'study.json').exists()  # its budget is unknown: nothing claimed
+  # The same inside a study recorded at this budget: the difference is in other flags
+  # or the device count (a cost model's plan), not the budget.
+  (workdir / 'study.json').write_text(json.dumps({'experiment': 'forecast', 'budget': 'full'}))
+  line = _one_error_line(_script('reproduce', '--experiment=forecast', f'--workdir={workdir}',
+                                 '--budget=full'))
+  assert line.startswith(f'error: {run_dir} holds a run with a different config (keys differ: ')
+  assert line.endswith('(was this study run with other flags, e.g. --max_programs or '
+                       '--population_size, or on another number of devices?)')
 
 
 def test_study_json_records_a_new_study(tmp_path):
