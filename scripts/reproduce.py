@@ -54,6 +54,16 @@ def _taking(arg: str) -> list[str]:
           if arg in inspect.signature(run).parameters]
 
 
+def _study_count(run, name: str, arg: str, value: int) -> int:
+  """``value`` of the flag ``--<arg>``, for a study whose run takes ``arg``, at least 1."""
+  if arg not in inspect.signature(run).parameters:
+    raise UserError(f'--{arg} does not apply to --experiment={name} (only to '
+                    f'{", ".join(_taking(arg))})')
+  if value < 1:
+    raise UserError(f'--{arg}={value}: must be at least 1')
+  return value
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -70,20 +80,9 @@ def main(argv):
       raise UserError(f'--data_path={_DATA_PATH.value}: no such file'
                       + (' (it is a directory)' if path.is_dir() else ''))
     kwargs['data_path'] = _DATA_PATH.value
-  if _MAX_PROGRAMS.value is not None:
-    if 'max_programs' not in inspect.signature(run).parameters:
-      raise UserError(f'--max_programs does not apply to --experiment={name} (only to '
-                      f'{", ".join(_taking("max_programs"))})')
-    if _MAX_PROGRAMS.value < 1:
-      raise UserError(f'--max_programs={_MAX_PROGRAMS.value}: must be at least 1')
-    kwargs['max_programs'] = _MAX_PROGRAMS.value
-  if _POPULATION_SIZE.value is not None:
-    if 'population_size' not in inspect.signature(run).parameters:
-      raise UserError(f'--population_size does not apply to --experiment={name} (only to '
-                      f'{", ".join(_taking("population_size"))})')
-    if _POPULATION_SIZE.value < 1:
-      raise UserError(f'--population_size={_POPULATION_SIZE.value}: must be at least 1')
-    kwargs['population_size'] = _POPULATION_SIZE.value
+  for arg, flag in (('max_programs', _MAX_PROGRAMS), ('population_size', _POPULATION_SIZE)):
+    if flag.value is not None:
+      kwargs[arg] = _study_count(run, name, arg, flag.value)
   if distributed.requested():
     if name not in common.MULTI_PROCESS_STUDIES:
       raise UserError(f'--experiment={name} does not run with several processes; those that '

@@ -55,28 +55,18 @@ def test_data_path_for_a_study_that_reads_no_file(tmp_path):
                   'lstm_variants, rnn_music)')
 
 
-@pytest.mark.parametrize('experiment, value, message', [
-    ('mnist1d', '2', 'error: --max_programs does not apply to --experiment=mnist1d (only to '
-                     'lstm_variants)'),
-    ('lstm_variants', '0', 'error: --max_programs=0: must be at least 1'),
+@pytest.mark.parametrize('flag, experiment, value, message', [
+    ('max_programs', 'mnist1d', '2',
+     'error: --max_programs does not apply to --experiment=mnist1d (only to lstm_variants)'),
+    ('max_programs', 'lstm_variants', '0', 'error: --max_programs=0: must be at least 1'),
+    ('population_size', 'lstm_variants', '8', 'error: --population_size does not apply to '
+                                              '--experiment=lstm_variants (only to asha_compare)'),
+    ('population_size', 'asha_compare', '0', 'error: --population_size=0: must be at least 1'),
 ])
-def test_max_programs_only_where_trials_are_grouped_and_positive(tmp_path, experiment, value,
-                                                                 message):
+def test_study_counts_only_where_the_study_takes_them_and_positive(tmp_path, flag, experiment,
+                                                                   value, message):
   line = _one_error_line(_script('reproduce', f'--experiment={experiment}',
-                                 f'--workdir={tmp_path / "w"}', f'--max_programs={value}'))
-  assert line == message
-  assert not (tmp_path / 'w').exists()
-
-
-@pytest.mark.parametrize('experiment, value, message', [
-    ('lstm_variants', '8', 'error: --population_size does not apply to '
-                           '--experiment=lstm_variants (only to asha_compare)'),
-    ('asha_compare', '0', 'error: --population_size=0: must be at least 1'),
-])
-def test_population_size_only_for_population_sweeps_and_positive(tmp_path, experiment, value,
-                                                                  message):
-  line = _one_error_line(_script('reproduce', f'--experiment={experiment}',
-                                 f'--workdir={tmp_path / "w"}', f'--population_size={value}'))
+                                 f'--workdir={tmp_path / "w"}', f'--{flag}={value}'))
   assert line == message
   assert not (tmp_path / 'w').exists()
 
